@@ -1,0 +1,3 @@
+"""kdg: gradient-based domain generalization for Keras 3."""
+
+__version__ = "0.1.0"
