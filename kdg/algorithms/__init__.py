@@ -1,0 +1,57 @@
+"""The algorithms, one file each, written once with `keras.ops`.
+
+See `../shared/spec/ALGORITHMS.md` for the update rules they implement.
+"""
+
+from kdg.algorithms.base import Algorithm, StepContext
+from kdg.algorithms.corgrad import CorGrad
+from kdg.algorithms.erm import ERM
+from kdg.algorithms.fish import Fish
+from kdg.algorithms.gga import GGA
+from kdg.algorithms.ggal import GGAL
+
+ALGORITHMS = {cls.name: cls for cls in (ERM, Fish, CorGrad, GGA, GGAL)}
+
+
+def serialize(algorithm):
+    """{"name": ..., "config": {...}}: JSON-friendly, GGA's base nested."""
+    return {"name": algorithm.name, "config": algorithm.get_config()}
+
+
+def deserialize(config):
+    name = config["name"]
+    if name not in ALGORITHMS:
+        raise ValueError(
+            f"Unknown algorithm {name!r}; known: {', '.join(sorted(ALGORITHMS))}."
+        )
+    return ALGORITHMS[name].from_config(dict(config.get("config", {})))
+
+
+def get(identifier):
+    """An Algorithm from an instance, a name ("fish"), or a serialized dict."""
+    if identifier is None:
+        return ERM()
+    if isinstance(identifier, Algorithm):
+        return identifier
+    if isinstance(identifier, str):
+        return deserialize({"name": identifier.lower().replace("-", "")})
+    if isinstance(identifier, dict):
+        return deserialize(identifier)
+    raise TypeError(
+        f"Expected an algorithm, its name or its config; got {identifier!r}."
+    )
+
+
+__all__ = [
+    "ALGORITHMS",
+    "Algorithm",
+    "CorGrad",
+    "ERM",
+    "Fish",
+    "GGA",
+    "GGAL",
+    "StepContext",
+    "deserialize",
+    "get",
+    "serialize",
+]

@@ -1,0 +1,188 @@
+"""What every algorithm shares: the `Algorithm` interface and the `StepContext`,
+the algorithms' view of the model during one training step.
+
+An algorithm is a small object holding its hyperparameters. Its `step(ctx, x,
+y)` is called once per training batch, with `x` of shape (D, B, ...) and `y`
+of shape (D, B), and is written in stateful style: it reads the variables'
+values through `ctx`, computes gradients with `ctx`'s stateless gradient
+functions, and changes the model through `ctx.apply` (an optimizer step) or
+`ctx.assign`. It returns `(logs, y_pred)`: a dict of scalar diagnostics that
+includes "loss", and the predictions on the D*B examples for the compiled
+metrics.
+"""
+
+import keras
+from keras import ops
+from keras import tree
+
+from kdg import backend
+from kdg.ops import stack_domains
+
+
+def domain(x, d):
+    """Domain d's minibatch of a (D, B, ...) structure."""
+    return tree.map_structure(lambda t: t[d], x)
+
+
+def flatten_domains(x):
+    """(D, B, ...) -> (D*B, ...) for every tensor of a structure."""
+    return tree.map_structure(
+        lambda t: ops.reshape(t, (-1,) + tuple(ops.shape(t)[2:])), x
+    )
+
+
+def num_domains(y):
+    return y.shape[0]
+
+
+class Algorithm:
+    """Base class. Subclasses set `name`, define `step` and `get_config`."""
+
+    name = None
+    #: True when the algorithm compares domains pairwise (needs D >= 2).
+    needs_domain_pairs = False
+
+    def build(self, model):
+        """Create the algorithm's own state (called once the model is built)."""
+
+    @property
+    def variables(self):
+        """Keras variables owned by the algorithm (saved with the model)."""
+        return []
+
+    def step(self, ctx, x, y):
+        raise NotImplementedError
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+
+class StepContext:
+    """The model as the algorithms see it during one training step.
+
+    Gradient functions take explicit parameter values (`params`, the
+    trainable variables' values) and model state (`state`, the values of
+    `model.non_trainable_variables`); by default the variables' current values.
+    They never assign: the algorithm decides what to keep.
+    """
+
+    def __init__(self, model, key):
+        self.model = model
+        self.optimizer = model.optimizer
+        self.variables = list(model.trainable_variables)
+        self.key = key
+        self.step = ops.convert_to_tensor(model.dg_step.value)
+        self.batch_dependent = model._dg_batch_dependent()
+        self._metrics_values = [v.value for v in model.metrics_variables]
+        own = model._dg_model_state_variables()
+        self._state_refs = model.non_trainable_variables
+        own_ids = {id(v) for v in own}
+        self._own_state_index = [
+            i for i, v in enumerate(self._state_refs) if id(v) in own_ids
+        ]
+
+    # -- reading ----------------------------------------------------------
+    def params(self):
+        return [v.value for v in self.variables]
+
+    def state(self):
+        return [v.value for v in self._state_refs]
+
+    def model_variables(self):
+        """Trainable variables and the model's own floating-point state
+        (BatchNorm moving statistics), without seeds, counters and the
+        algorithm's own variables."""
+        own = [self._state_refs[i] for i in self._own_state_index]
+        return self.variables + [
+            v for v in own if "float" in keras.backend.standardize_dtype(v.dtype)
+        ]
+
+    # -- stateless computations --------------------------------------------
+    def _loss(self, params, state, x, y):
+        model = self.model
+        y_pred, state, losses = model.stateless_call(
+            params, state, x, training=True, return_losses=True
+        )
+        if losses:
+            model._losses_override.clear()
+            model._losses_override = losses
+        loss, _ = model.stateless_compute_loss(
+            params, state, self._metrics_values, x=x, y=y, y_pred=y_pred
+        )
+        if losses:
+            model._losses_override.clear()
+        return loss, (y_pred, state)
+
+    def loss(self, x, y, params=None, state=None):
+        """Loss on one batch (forward only): (loss, y_pred, new_state)."""
+        params = self.params() if params is None else params
+        state = self.state() if state is None else state
+        loss, (y_pred, state) = self._loss(params, state, x, y)
+        return loss, y_pred, state
+
+    def loss_and_grads(self, x, y, params=None, state=None):
+        """Loss and gradients on one batch: (loss, grads, y_pred, new_state)."""
+        params = self.params() if params is None else params
+        state = self.state() if state is None else state
+        (loss, (y_pred, state)), grads = backend.value_and_grad(self._loss)(
+            params, state, x, y
+        )
+        return loss, list(grads), y_pred, state
+
+    def domain_grads(self, x, y, params=None, state=None):
+        """One pass per domain, in order, the model state threaded through.
+
+        Returns (losses (D,), stacked grads [(D, *shape) per variable],
+        predictions (D*B, ...), new state).
+        """
+        state = self.state() if state is None else state
+        losses, grads, preds = [], [], []
+        for d in range(num_domains(y)):
+            loss, g, y_pred, state = self.loss_and_grads(
+                domain(x, d), y[d], params, state
+            )
+            losses.append(loss)
+            grads.append(g)
+            preds.append(y_pred)
+        return ops.stack(losses), stack_domains(grads), ops.concatenate(preds), state
+
+    # -- changing the model ------------------------------------------------
+    def set_state(self, state):
+        """Keep the model's own new state (BatchNorm statistics, dropout seeds)."""
+        for i in self._own_state_index:
+            self._state_refs[i].assign(state[i])
+
+    def assign(self, variables, values):
+        for v, value in zip(variables, values):
+            v.assign(value)
+
+    def apply(self, grads, optimizer=None):
+        """One optimizer step on the trainable variables. The model's
+        `l2_weight_decay` is added to the gradient first, as PyTorch's Adam
+        does with its `weight_decay`."""
+        optimizer = optimizer or self.optimizer
+        wd = self.model.l2_weight_decay
+        if wd:
+            grads = [g + wd * v.value for g, v in zip(grads, self.variables)]
+        optimizer.apply(grads, self.variables)
+
+    def cond(self, pred, true_fn, false_fn, optimizers=()):
+        """`ops.cond` for branches that change the model."""
+        variables = (
+            self.variables
+            + self._state_refs
+            + list(self.optimizer.variables)
+            + [v for opt in optimizers for v in opt.variables]
+        )
+        return backend.stateful_cond(pred, true_fn, false_fn, variables)

@@ -1,0 +1,195 @@
+"""GGA, gradient-guided annealing (Ballas & Diou, CVPR 2025), as a wrapper
+around any other algorithm.
+
+Outside the window [start_step, end_step] (both inclusive) a step is exactly
+the base algorithm's step. Inside it, before the base step, on the step's
+batch:
+
+1. s_best = min over pairs of cos(g_i, g_j); L_best = L(theta) on the
+   concatenated batch; theta_best = theta0 = theta;
+2. `trials` times: add U(-rho, rho) noise to the perturbed variables;
+   recompute the g_d, s and L on the same batch; accept if
+   L - L_best < loss_tolerance and s > s_best (then s_best, L_best = s, L,
+   theta_best = theta, and theta returns to theta0); on rejection the next
+   noise adds on top (a random walk);
+3. theta = theta_best, then the base algorithm's step.
+
+The search is one compiled loop (`keras.ops.fori_loop`) over explicit
+parameter values; the trials evaluate the model and never change its state
+(BatchNorm statistics, dropout seeds).
+
+Perturbed variables (`perturb`): "features" (default, as the reference:
+every trainable variable but the classifier head, i.e. the variables of the
+layer that owns the last trainable variable), "all", or a regular expression
+matched against variable paths. Moving statistics are never perturbed.
+
+`temperature > 0` switches to Metropolis acceptance (the paper's simulated
+annealing, unused by the reference code): a candidate within the loss
+tolerance whose s is lower is still accepted with probability
+exp((s - s_best) / T), T = temperature * cooling ** trial.
+
+Logs `gga_cos_before` / `gga_cos_after` (s at the start and at the end of
+the search) and `gga_accepted`. Outside the window no search runs: the logs
+are still there, with before == after == the base algorithm's
+`grad_cos_min` when it computes one, NaN ("not measured") otherwise, and 0
+accepted.
+"""
+
+import math
+import re
+
+from keras import ops
+
+from kdg import random as kdg_random
+from kdg.algorithms.base import Algorithm, flatten_domains
+from kdg.ops import cosine_stats
+
+
+class GGA(Algorithm):
+    name = "gga"
+    needs_domain_pairs = True
+
+    def __init__(
+        self,
+        base=None,
+        start_step=100,
+        end_step=200,
+        rho=1e-5,
+        trials=250,
+        loss_tolerance=0.1,
+        perturb="features",
+        temperature=0.0,
+        cooling=0.99,
+        concat_loss="auto",
+    ):
+        from kdg import algorithms
+
+        self.base = algorithms.get(base)
+        if isinstance(self.base, GGA):
+            raise ValueError("GGA cannot wrap GGA.")
+        if int(end_step) < int(start_step):
+            raise ValueError(
+                f"GGA end_step ({end_step}) must be >= start_step ({start_step})."
+            )
+        if int(trials) < 0:
+            raise ValueError(f"GGA trials must be >= 0; got {trials}.")
+        if concat_loss not in ("auto", "separate", "mean"):
+            raise ValueError(
+                f"GGA concat_loss must be 'auto', 'separate' or 'mean'; got {concat_loss!r}."
+            )
+        self.start_step = int(start_step)
+        self.end_step = int(end_step)
+        self.rho = float(rho)
+        self.trials = int(trials)
+        self.loss_tolerance = float(loss_tolerance)
+        self.perturb = perturb
+        self.temperature = float(temperature)
+        self.cooling = float(cooling)
+        self.concat_loss = concat_loss
+
+    def build(self, model):
+        self.base.build(model)
+
+    @property
+    def variables(self):
+        return self.base.variables
+
+    def perturbed(self, variables):
+        """Indices of the variables the search perturbs."""
+        if self.perturb == "all":
+            return list(range(len(variables)))
+        if self.perturb == "features":
+            head = variables[-1].path.rsplit("/", 1)[0] + "/"
+            return [i for i, v in enumerate(variables) if not v.path.startswith(head)]
+        pattern = re.compile(self.perturb)
+        return [i for i, v in enumerate(variables) if pattern.search(v.path)]
+
+    # -- the search ------------------------------------------------------------
+    def _search(self, ctx, x, y, index):
+        params0 = ctx.params()
+        state0 = ctx.state()
+        subset0 = [params0[i] for i in index]
+        shapes = [tuple(params0[i].shape) for i in index]
+        separate = self.concat_loss == "separate" or (
+            self.concat_loss == "auto" and ctx.batch_dependent
+        )
+
+        def evaluate(subset):
+            params = list(params0)
+            for i, p in zip(index, subset):
+                params[i] = p
+            losses, stacked, _, _ = ctx.domain_grads(x, y, params=params, state=state0)
+            s = cosine_stats(stacked)[0]
+            if separate:
+                loss = ctx.loss(flatten_domains(x), flatten_domains(y), params, state0)[0]
+            else:
+                loss = ops.mean(losses)
+            return s, loss
+
+        s0, loss0 = evaluate(subset0)
+
+        def body(trial, carry):
+            current, best, s_best, loss_best, accepted = carry
+            key = kdg_random.fold_in(ctx.key, trial)
+            noise = kdg_random.tree_noise(shapes, key, "uniform")
+            candidate = [c + self.rho * (2.0 * n - 1.0) for c, n in zip(current, noise)]
+            s, loss = evaluate(candidate)
+            better = s > s_best
+            if self.temperature > 0:
+                t = self.temperature * ops.power(self.cooling, ops.cast(trial, "float32"))
+                u = kdg_random.uniform((), kdg_random.fold_in(key, -1))
+                better = ops.logical_or(better, u < ops.exp((s - s_best) / t))
+            accept = ops.logical_and(loss - loss_best < self.loss_tolerance, better)
+            return (
+                [ops.where(accept, c0, c) for c0, c in zip(subset0, candidate)],
+                [ops.where(accept, c, b) for c, b in zip(candidate, best)],
+                ops.where(accept, s, s_best),
+                ops.where(accept, loss, loss_best),
+                accepted + ops.cast(accept, "float32"),
+            )
+
+        init = (list(subset0), list(subset0), s0, loss0, ops.zeros((), "float32"))
+        _, best, s_best, _, accepted = ops.fori_loop(0, self.trials, body, init)
+        return list(best), s0, s_best, accepted
+
+    def step(self, ctx, x, y):
+        index = self.perturbed(ctx.variables)
+        nan = ops.convert_to_tensor(math.nan, "float32")
+        zero = ops.zeros((), "float32")
+        if self.end_step < 0 or not index:
+            before, after, accepted = nan, nan, zero
+        else:
+            subset = [ctx.variables[i].value for i in index]
+            in_window = ops.logical_and(
+                ctx.step >= self.start_step, ctx.step <= self.end_step
+            )
+            best, before, after, accepted = ops.cond(
+                in_window,
+                lambda: self._search(ctx, x, y, index),
+                lambda: (subset, nan, nan, zero),
+            )
+            ctx.assign([ctx.variables[i] for i in index], best)
+        logs, y_pred = self.base.step(ctx, x, y)
+        logs = dict(logs)
+        if "grad_cos_min" in logs:
+            measured = ops.cast(logs["grad_cos_min"], "float32")
+            before = ops.where(ops.isnan(before), measured, before)
+            after = ops.where(ops.isnan(after), measured, after)
+        logs.update(gga_cos_before=before, gga_cos_after=after, gga_accepted=accepted)
+        return logs, y_pred
+
+    def get_config(self):
+        from kdg import algorithms
+
+        return {
+            "base": algorithms.serialize(self.base),
+            "start_step": self.start_step,
+            "end_step": self.end_step,
+            "rho": self.rho,
+            "trials": self.trials,
+            "loss_tolerance": self.loss_tolerance,
+            "perturb": self.perturb,
+            "temperature": self.temperature,
+            "cooling": self.cooling,
+            "concat_loss": self.concat_loss,
+        }

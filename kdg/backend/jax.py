@@ -1,0 +1,55 @@
+"""JAX backend: `jax.value_and_grad`, and a stateless `train_step`.
+
+Keras' JAX trainer passes the training state explicitly and purges the
+variables' values during `fit`. kdg's step is written in stateful style, so it
+runs inside a `keras.StatelessScope` that maps every variable to its value in
+the state, and the new state is read back from the scope.
+"""
+
+import jax
+import keras
+from keras import ops
+
+
+def value_and_grad(fn):
+    return jax.value_and_grad(fn, has_aux=True)
+
+
+def _scoped(fn, variables):
+    def run():
+        mapping = [(v, v.value) for v in variables]
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            out = fn()
+        return out, [scope.get_current_value(v) for v in variables]
+
+    return run
+
+
+def stateful_cond(pred, true_fn, false_fn, variables):
+    out, values = ops.cond(
+        pred, _scoped(true_fn, variables), _scoped(false_fn, variables)
+    )
+    for v, value in zip(variables, values):
+        v.assign(value)
+    return out
+
+
+class TrainStep:
+    def train_step(self, state, data):
+        groups = (
+            self.trainable_variables,
+            self.non_trainable_variables,
+            self.optimizer.variables,
+            self.metrics_variables,
+        )
+        mapping = [
+            (ref, value)
+            for refs, values in zip(groups, state)
+            for ref, value in zip(refs, values)
+        ]
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            logs = self._dg_train_step(data)
+        new_state = tuple(
+            [scope.get_current_value(ref) for ref in refs] for refs in groups
+        )
+        return logs, new_state

@@ -1,0 +1,43 @@
+"""TensorFlow backend: `tf.GradientTape`, stateful steps inside `tf.function`."""
+
+import tensorflow as tf
+from keras import ops
+
+
+def value_and_grad(fn):
+    def wrapped(params, *args):
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            loss, aux = fn(params, *args)
+        grads = tape.gradient(
+            loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO
+        )
+        return (loss, aux), grads
+
+    return wrapped
+
+
+def stateful_cond(pred, true_fn, false_fn, variables):
+    # tf.cond runs side effects (variable assignments) of the taken branch.
+    return ops.cond(pred, true_fn, false_fn)
+
+
+class TrainStep:
+    def train_step(self, data):
+        return self._dg_train_step(data)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # tf.data specs from Python generators and PyDatasets leave the first
+        # axis (here: the number of domains D) unknown; the algorithms unroll
+        # over domains, so D is read from a batch the adapter already holds.
+        batch = data_batch
+        if batch is None and iterator is not None:
+            adapter = iterator.data_adapter
+            first = getattr(adapter, "_first_batches", None)
+            if first:
+                batch = first[0]
+            elif getattr(adapter, "py_dataset", None) is not None:
+                batch = adapter.py_dataset[0]
+        if batch is not None:
+            self._dg_as_flat_batch(batch)
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)

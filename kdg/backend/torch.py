@@ -1,0 +1,32 @@
+"""PyTorch backend: `torch.autograd.grad` (torch.func gives zero gradients
+through Keras layers), eager stateful steps."""
+
+import torch
+from keras import ops
+from keras import tree
+
+
+def value_and_grad(fn):
+    def wrapped(params, *args):
+        leaves = [p.detach().requires_grad_(True) for p in params]
+        with torch.enable_grad():
+            loss, aux = fn(leaves, *args)
+            grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+        grads = [
+            torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads)
+        ]
+        aux = tree.map_structure(
+            lambda t: t.detach() if isinstance(t, torch.Tensor) else t, aux
+        )
+        return (loss.detach(), aux), grads
+
+    return wrapped
+
+
+def stateful_cond(pred, true_fn, false_fn, variables):
+    return ops.cond(pred, true_fn, false_fn)
+
+
+class TrainStep:
+    def train_step(self, data):
+        return self._dg_train_step(data)

@@ -1,0 +1,46 @@
+"""Gradient arithmetic shared by the algorithms, written once with keras.ops.
+
+Per-domain gradients are kept "stacked": a list with one tensor per trainable
+variable, of shape (D, *variable.shape).
+"""
+
+import numpy as np
+from keras import ops
+
+
+def stack_domains(per_domain):
+    """[[g_d_v for v] for d] -> [stack over d of g_d_v for v]."""
+    return [ops.stack(gs) for gs in zip(*per_domain)]
+
+
+def gram(stacked):
+    """Gram matrix (D, D) of the flattened per-domain gradients."""
+    total = 0.0
+    for g in stacked:
+        flat = ops.reshape(g, (g.shape[0], -1))
+        total = total + ops.matmul(flat, ops.transpose(flat))
+    return total
+
+
+def pairwise_cosines(stacked):
+    """Cosines of every pair i < j of per-domain gradients, shape (D(D-1)/2,).
+
+    A zero gradient has cosine 0 with everything.
+    """
+    g = gram(stacked)
+    d = g.shape[0]
+    norms = ops.sqrt(ops.maximum(ops.diagonal(g), 0.0))
+    denom = norms[:, None] * norms[None, :]
+    cos = ops.where(denom > 0, g / ops.where(denom > 0, denom, 1.0), 0.0)
+    i, j = np.triu_indices(d, 1)
+    return ops.take(ops.reshape(cos, (-1,)), ops.convert_to_tensor(i * d + j))
+
+
+def cosine_stats(stacked):
+    """(min, mean) of the pairwise cosines."""
+    cos = pairwise_cosines(stacked)
+    return ops.min(cos), ops.mean(cos)
+
+
+def tree_add(a, b, scale=1.0):
+    return [x + scale * y for x, y in zip(a, b)]

@@ -1,0 +1,79 @@
+"""A counter-based random number generator written with `keras.ops`.
+
+Keras' random ops draw from each backend's own generator, so the same seed
+gives different numbers on JAX, TensorFlow and PyTorch. kdg's algorithms need
+their noise (GGA's perturbations, GGA-L's gradient noise, Fish's random domain
+order) to be the same on every backend, so that a seeded run gives the same
+weights everywhere. The numbers here are a pure function of a key and an
+element index, hashed in 32-bit integer arithmetic (Wellons' "lowbias32"),
+which every backend computes identically. Being pure, they also work inside
+compiled loops (GGA's search) without threading generator state.
+
+Keys are int32 tensors of shape (2,), drawn from the model's
+`keras.random.SeedGenerator` once per step (`key_from_seed_generator`).
+"""
+
+import math
+
+from keras import ops
+
+_M1 = 0x7FEB352D
+_M2 = 0x846CA68B - (1 << 32)  # as a signed int32
+_GOLDEN = 0x9E3779B9 - (1 << 32)
+
+
+def _shr(x, k):
+    """Logical right shift of int32 values."""
+    return ops.bitwise_and(ops.right_shift(x, k), (1 << (32 - k)) - 1)
+
+
+def _mix(x):
+    x = ops.bitwise_xor(x, _shr(x, 16))
+    x = ops.multiply(x, ops.cast(_M1, "int32"))
+    x = ops.bitwise_xor(x, _shr(x, 15))
+    x = ops.multiply(x, ops.cast(_M2, "int32"))
+    return ops.bitwise_xor(x, _shr(x, 16))
+
+
+def key_from_seed_generator(seed_generator):
+    """A fresh key (int32, shape (2,)) from a `keras.random.SeedGenerator`."""
+    return ops.cast(seed_generator.next(), "int32")
+
+
+def fold_in(key, data):
+    """A new key derived from `key` and an int (or int32 scalar tensor)."""
+    data = ops.cast(data, "int32")
+    return ops.stack([_mix(key[0] + _mix(data)), _mix(key[1] ^ _mix(data + 1))])
+
+
+def _bits(n, key, offset):
+    index = ops.arange(n, dtype="int32") + ops.cast(offset, "int32")
+    h = _mix(ops.bitwise_xor(index, _mix(key[0] + ops.cast(_GOLDEN, "int32"))))
+    return _mix(ops.bitwise_xor(h, key[1]))
+
+
+def uniform(shape, key, offset=0, minval=0.0, maxval=1.0):
+    """float32 numbers uniform in [minval, maxval), 24 random bits each."""
+    n = math.prod(shape)
+    u = ops.cast(_shr(_bits(n, key, offset), 8), "float32") * (1.0 / (1 << 24))
+    return ops.reshape(minval + (maxval - minval) * u, shape)
+
+
+def normal(shape, key, offset=0):
+    """float32 standard normal numbers (Box-Muller on two uniform streams)."""
+    n = math.prod(shape)
+    u1 = uniform((n,), fold_in(key, 1), offset)
+    u2 = uniform((n,), fold_in(key, 2), offset)
+    radius = ops.sqrt(-2.0 * ops.log(1.0 - u1))
+    return ops.reshape(radius * ops.cos((2.0 * math.pi) * u2), shape)
+
+
+def tree_noise(shapes, key, kind):
+    """One noise tensor per shape, `kind` "uniform" ([0, 1)) or "normal";
+    each shape gets its own stretch of the key's stream."""
+    draw = {"uniform": uniform, "normal": normal}[kind]
+    out, offset = [], 0
+    for shape in shapes:
+        out.append(draw(tuple(shape), key, offset))
+        offset += math.prod(shape)
+    return out
