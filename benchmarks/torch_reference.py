@@ -1,0 +1,674 @@
+"""Plain PyTorch reference implementations of ERM, Fish, CorGrad, GGA and GGA-L.
+
+This file is the "reference way" that kdg's benchmark measures itself against,
+and a second, independent implementation that kdg's results can be checked
+against. The update rules are the ones in ``shared/spec/ALGORITHMS.md``. The
+code is written the way the authors' reference code is written, on purpose
+*without* optimisation: eager PyTorch, one backward pass per domain, Python
+loops over parameters ("layers"), chunks and domain pairs, ``.item()`` inside
+the loops. Do not speed it up: its speed is the baseline.
+
+Interface
+---------
+>>> net = mnist_cnn(input_shape=(28, 28, 2), num_classes=2)   # or mlp(...)
+>>> algo = make_algorithm("CorGrad", net, {"lr": 1e-3, "n_parts": 10})
+>>> stats = algo.update(x, y)   # x: (D, B, C, H, W) or (D, B, F); y: (D, B) int
+>>> stats["loss"], stats["modification_ratio"]
+
+``x`` is channels-first (PyTorch layout). ``x`` and ``y`` may be NumPy arrays or
+tensors; ``x`` is cast to the network's dtype and device, ``y`` to int64.
+After ``update`` returns, each trainable parameter's ``.grad`` holds the
+gradient the optimizer was given (ERM, CorGrad, GGA-L; also the base step of
+GGA); for Fish it is the last inner step's gradient on the inner copy.
+
+Networks are ``Classifier(featurizer, classifier)`` modules; GGA perturbs all
+trainable parameters except those of ``network.classifier``.
+
+Names accepted by ``make_algorithm``: ERM, Fish, CorGrad, GGA, GGAL (also
+"GGA-L", "GGA_L"); case-insensitive. Hyper-parameters and their defaults are in
+``COMMON_DEFAULTS`` and each class's ``defaults``; unknown keys raise.
+
+Random numbers: GGA-L's xi, GGA's U(-rho, rho) and Fish's shuffled order come
+from a ``torch.Generator`` on the parameters' device seeded with
+``hparams["seed"]``, drawn parameter by parameter in ``parameters()`` order with
+the parameter's shape and dtype (so a test can reproduce them).
+
+CorGrad's rounding guards (``tie_tol``, default 1e-5, see ``corgrad_surgery``)
+make it follow exact arithmetic where the literal comparisons meet ties. For
+timing "the reference way" pass ``tie_tol=0.0``: that is the reference's loop
+exactly (the guards add ~10% to a CorGrad step on CPU with MNIST_CNN).
+
+Not implemented (options of the spec that no benchmark here needs): CorGrad's
+log-decay alpha schedule, conv/dense-only layering and the random-order PCGrad
+variant; GGA's Metropolis acceptance; GGA-L's "concatenated gradient = mean of
+the g_d" shortcut (the reference's separate pass is what is done).
+
+Matching weights with a Keras model
+-----------------------------------
+``set_weights_from_numpy(module, arrays)`` copies arrays into
+``module.parameters()`` in order, in PyTorch layout: a Linear weight is
+(out, in), a Conv2d weight is (out, in, kh, kw), biases and GroupNorm
+gamma/beta are (C,). ``keras_to_torch_layout`` converts one Keras array
+(Dense kernel (in, out), Conv2D kernel (kh, kw, in, out)).
+``mnist_cnn`` registers its layers in forward order, so its parameter order is
+conv1.w, conv1.b, gn1.gamma, gn1.beta, conv2.w, conv2.b, gn2.gamma, gn2.beta,
+conv3.w, conv3.b, gn3.gamma, gn3.beta, conv4.w, conv4.b, gn4.gamma, gn4.beta,
+classifier.w, classifier.b (the order of a Keras Sequential of the same layers).
+Three things differ from Keras defaults and must be matched on the Keras side:
+GroupNorm epsilon is 1e-5 here (Keras: 1e-3); Adam epsilon is 1e-8 here
+(Keras: 1e-7); and the stride-2 conv pads 1 pixel on every side here, whereas
+Keras ``padding="same"`` with stride 2 on 28x28 pads 0 before and 1 after (use
+ZeroPadding2D(1) + a "valid" conv to match).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "Classifier",
+    "MNISTCNN",
+    "mnist_cnn",
+    "mlp",
+    "set_weights_from_numpy",
+    "get_weights_numpy",
+    "keras_to_torch_layout",
+    "per_domain_grads",
+    "corgrad_surgery",
+    "make_algorithm",
+    "ALGORITHMS",
+    "ERM",
+    "Fish",
+    "CorGrad",
+    "GGAL",
+    "GGA",
+]
+
+
+# --------------------------------------------------------------------------
+# Networks
+# --------------------------------------------------------------------------
+
+
+class Classifier(nn.Module):
+    """featurizer followed by a linear classifier head (DomainBed's layout)."""
+
+    def __init__(self, featurizer: nn.Module, classifier: nn.Module):
+        super().__init__()
+        self.featurizer = featurizer
+        self.classifier = classifier
+
+    def forward(self, x):
+        return self.classifier(self.featurizer(x))
+
+
+class MNISTCNN(nn.Module):
+    """DomainBed's MNIST_CNN featurizer (128 features). Input (N, C, 28, 28)."""
+
+    n_outputs = 128
+
+    def __init__(self, in_channels: int, gn_eps: float = 1e-5):
+        super().__init__()
+        # Registered in forward order (DomainBed registers conv1..4 then bn0..3;
+        # the computation is the same, only the parameter order differs).
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, padding=1)
+        self.gn1 = nn.GroupNorm(8, 64, eps=gn_eps)
+        self.conv2 = nn.Conv2d(64, 128, 3, stride=2, padding=1)
+        self.gn2 = nn.GroupNorm(8, 128, eps=gn_eps)
+        self.conv3 = nn.Conv2d(128, 128, 3, 1, padding=1)
+        self.gn3 = nn.GroupNorm(8, 128, eps=gn_eps)
+        self.conv4 = nn.Conv2d(128, 128, 3, 1, padding=1)
+        self.gn4 = nn.GroupNorm(8, 128, eps=gn_eps)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+
+    def forward(self, x):
+        x = self.gn1(F.relu(self.conv1(x)))
+        x = self.gn2(F.relu(self.conv2(x)))
+        x = self.gn3(F.relu(self.conv3(x)))
+        x = self.gn4(F.relu(self.conv4(x)))
+        x = self.avgpool(x)
+        return x.view(len(x), -1)
+
+
+def mnist_cnn(input_shape=(28, 28, 1), num_classes: int = 10, gn_eps: float = 1e-5) -> Classifier:
+    """MNIST_CNN + Linear(128, num_classes). ``input_shape`` is (H, W, C) as in
+    Keras; the returned module takes channels-first input (N, C, H, W)."""
+    channels = int(input_shape[-1])
+    feat = MNISTCNN(channels, gn_eps=gn_eps)
+    return Classifier(feat, nn.Linear(MNISTCNN.n_outputs, num_classes))
+
+
+def mlp(in_features: int, num_classes: int, hidden: Sequence[int] = (32,)) -> Classifier:
+    """Tiny MLP: [Linear, ReLU] per hidden width, then a Linear classifier.
+    ``hidden=()`` gives softmax regression (featurizer = identity)."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    feat = nn.Sequential(*layers) if layers else nn.Identity()
+    return Classifier(feat, nn.Linear(width, num_classes))
+
+
+def set_weights_from_numpy(module: nn.Module, arrays) -> None:
+    """Copy ``arrays`` into ``module.parameters()`` in order (PyTorch layout:
+    Linear (out, in), Conv2d (out, in, kh, kw)). Shapes must match exactly."""
+    params = list(module.parameters())
+    arrays = list(arrays)
+    if len(arrays) != len(params):
+        raise ValueError(f"expected {len(params)} arrays, got {len(arrays)}")
+    with torch.no_grad():
+        for i, (p, a) in enumerate(zip(params, arrays)):
+            a = np.asarray(a)
+            if tuple(a.shape) != tuple(p.shape):
+                raise ValueError(f"parameter {i}: shape {tuple(a.shape)} != {tuple(p.shape)}")
+            p.copy_(torch.as_tensor(a, dtype=p.dtype, device=p.device))
+
+
+def get_weights_numpy(module: nn.Module) -> list:
+    """The parameters of ``module`` as NumPy arrays, in ``parameters()`` order."""
+    return [p.detach().cpu().numpy().copy() for p in module.parameters()]
+
+
+def keras_to_torch_layout(array):
+    """Keras Dense kernel (in, out) -> (out, in); Conv2D kernel (kh, kw, in, out)
+    -> (out, in, kh, kw); anything else unchanged."""
+    a = np.asarray(array)
+    if a.ndim == 2:
+        return a.T.copy()
+    if a.ndim == 4:
+        return a.transpose(3, 2, 0, 1).copy()
+    return a.copy()
+
+
+# --------------------------------------------------------------------------
+# Shared pieces
+# --------------------------------------------------------------------------
+
+
+def per_domain_grads(network, params, xs, ys):
+    """One forward + one backward per domain. Returns (grads, losses) with
+    grads[d][k] the gradient of domain d's mean CE w.r.t. params[k]."""
+    grads, losses = [], []
+    for x_d, y_d in zip(xs, ys):
+        loss_d = F.cross_entropy(network(x_d), y_d)
+        g = torch.autograd.grad(loss_d, params)
+        grads.append([gi.detach() for gi in g])
+        losses.append(loss_d.item())
+    return grads, losses
+
+
+def flat(tensors):
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def pairwise_cosines(flat_grads):
+    """cos(g_i, g_j) for i < j, as Python floats, in itertools.combinations order."""
+    out = []
+    for i, j in itertools.combinations(range(len(flat_grads)), 2):
+        out.append(F.cosine_similarity(flat_grads[i], flat_grads[j], dim=0).item())
+    return out
+
+
+COMMON_DEFAULTS = {
+    "lr": 5e-5,
+    "weight_decay": 0.0,  # L2 added to the gradient (torch.optim.Adam's weight_decay)
+    "adam_beta1": 0.9,
+    "adam_beta2": 0.999,
+    "adam_eps": 1e-8,
+    "seed": 0,  # seeds this algorithm's own noise generator (GGA, GGA-L, Fish shuffle)
+}
+
+
+class Algorithm:
+    defaults: dict = {}
+
+    def __init__(self, network: nn.Module, hparams: dict | None = None):
+        hparams = dict(hparams or {})
+        known = {**COMMON_DEFAULTS, **self.defaults}
+        unknown = set(hparams) - set(known)
+        if unknown:
+            raise ValueError(f"{type(self).__name__}: unknown hparams {sorted(unknown)}")
+        self.hparams = {**known, **hparams}
+        self.network = network
+        self.params = [p for p in network.parameters() if p.requires_grad]
+        self.optimizer = self.new_optimizer(self.params)
+        self.step = 0  # number of update() calls so far (0-based index of the next step)
+        self._generator = None
+
+    # ---- helpers ----
+    def new_optimizer(self, params):
+        h = self.hparams
+        return torch.optim.Adam(
+            params,
+            lr=h["lr"],
+            betas=(h["adam_beta1"], h["adam_beta2"]),
+            eps=h["adam_eps"],
+            weight_decay=h["weight_decay"],
+        )
+
+    @property
+    def device(self):
+        return self.params[0].device
+
+    @property
+    def generator(self):
+        if self._generator is None:
+            self._generator = torch.Generator(device=self.device)
+            self._generator.manual_seed(int(self.hparams["seed"]))
+        return self._generator
+
+    def _to_tensors(self, x, y):
+        p = self.params[0]
+        x = torch.as_tensor(x, device=p.device)
+        if torch.is_floating_point(x):
+            x = x.to(p.dtype)
+        y = torch.as_tensor(y, device=p.device).long()
+        if x.shape[:2] != y.shape[:2] or y.dim() != 2:
+            raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)}: expected (D, B, ...) and (D, B)")
+        return x, y
+
+    def erm_step(self, x, y):
+        """Mean CE over the concatenation of all domains' minibatches; one Adam step."""
+        all_x = torch.cat(list(x))
+        all_y = torch.cat(list(y))
+        loss = F.cross_entropy(self.network(all_x), all_y)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item()}
+
+    # ---- API ----
+    def update(self, x, y) -> dict:
+        x, y = self._to_tensors(x, y)
+        self.network.train()
+        out = self._update(x, y)
+        self.step += 1
+        return {k: float(v) for k, v in out.items()}
+
+    def _update(self, x, y):
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------
+# ERM
+# --------------------------------------------------------------------------
+
+
+class ERM(Algorithm):
+    defaults: dict = {}
+
+    def _update(self, x, y):
+        return self.erm_step(x, y)
+
+
+# --------------------------------------------------------------------------
+# Fish (DomainBed's version, with a persistent inner network and inner Adam)
+# --------------------------------------------------------------------------
+
+
+class Fish(Algorithm):
+    defaults = {
+        "meta_lr": 0.5,
+        "meta_lr_per_domain": False,  # WILDS code: theta += (meta_lr / D) * (theta_inner - theta)
+        "shuffle_domains": False,  # WILDS code: random domain order each step
+        "warmup_steps": 0,  # ERM steps (outer Adam) before Fish starts
+    }
+
+    def __init__(self, network, hparams=None):
+        super().__init__(network, hparams)
+        # Persistent inner copy and inner optimizer: built once, the inner Adam's
+        # state (moments, step count) carries over between outer steps.
+        self.network_inner = copy.deepcopy(network)
+        self.params_inner = [p for p in self.network_inner.parameters() if p.requires_grad]
+        self.optimizer_inner = self.new_optimizer(self.params_inner)
+
+    def _update(self, x, y):
+        if self.step < self.hparams["warmup_steps"]:
+            return self.erm_step(x, y)
+        self.network_inner.load_state_dict(self.network.state_dict())
+        self.network_inner.train()
+
+        num_domains = len(x)
+        if self.hparams["shuffle_domains"]:
+            order = torch.randperm(num_domains, generator=self.generator, device=self.device).tolist()
+        else:
+            order = list(range(num_domains))
+
+        losses = []
+        for d in order:
+            loss = F.cross_entropy(self.network_inner(x[d]), y[d])
+            self.optimizer_inner.zero_grad()
+            loss.backward()
+            self.optimizer_inner.step()
+            losses.append(loss.item())
+
+        meta_lr = self.hparams["meta_lr"]
+        if self.hparams["meta_lr_per_domain"]:
+            meta_lr = meta_lr / num_domains
+        outer = self.network.state_dict()  # detached tensors sharing storage
+        inner = self.network_inner.state_dict()
+        with torch.no_grad():
+            for name, t in outer.items():
+                if torch.is_floating_point(t):
+                    t.add_(meta_lr * (inner[name] - t))
+        # "loss": mean of the inner losses (each at its own inner point);
+        # DomainBed reports the last one, given as "last_loss".
+        return {"loss": sum(losses) / len(losses), "last_loss": losses[-1]}
+
+
+# --------------------------------------------------------------------------
+# CorGrad
+# --------------------------------------------------------------------------
+
+# Rounding guards (tie_tol). The literal rules (a.b < 0; |n_i - mu| > sigma)
+# meet exact-arithmetic ties that rounding then decides, differently in every
+# implementation and on every device, sometimes with a large effect:
+#  1. after domain i is projected against p, p's later test against i has
+#     a.b = 0 exactly (i's chunk is now orthogonal to p's): a coin flip;
+#  2. a chunk projected against as many independent directions as it has
+#     elements (a 1-element chunk, e.g. a 2-class bias with n_parts >= 2, after
+#     one projection) is 0 in exact arithmetic but a rounding residual in
+#     floating point; projecting a later domain against that residual removes
+#     the component of its chunk along a random direction (for a scalar: all
+#     of it), where exact arithmetic projects nothing;
+#  3. with two domains |n_i - mu| = sigma exactly (never an outlier in exact
+#     arithmetic; about 1 in 4 float32 cases says "outlier").
+# With tie_tol > 0: a conflict needs a.b < -tie_tol |a| |b|; a projection that
+# leaves |a| <= tie_tol |a before| sets the chunk to exact zero; an outlier needs
+# |n_i - mu| > sigma (1 + tie_tol). Each guard changes the result by at most
+# about tie_tol relative, and only acts where exact arithmetic has a tie.
+# tie_tol = 0 gives the reference's literal comparisons. The guards are only
+# evaluated after the literal test passes, so the loop costs what the literal
+# one does for non-conflicting pairs.
+DEFAULT_TIE_TOL = 1e-5
+
+
+def corgrad_surgery(domain_grads, n_parts=10, alpha=0.6, smoothing=True, granularity="layer",
+                    tie_tol=DEFAULT_TIE_TOL):
+    """CorGrad's gradient surgery.
+
+    domain_grads[d][k]: gradient of domain d for parameter k (PyTorch layout, so
+    dim 0 is the output axis). Returns (update, stats): update[k] is the sum
+    over domains of the corrected gradients; stats has modification_ratio,
+    modification_frequency, projections_made, projections_considered,
+    outliers (number of (layer, domain) pairs smoothed).
+
+    granularity: "layer" (each parameter is a layer, chunked along dim 0 with
+    torch.chunk(n_parts)); "model" (all parameters flattened into one vector,
+    then chunked); "element" (each scalar is its own chunk; smoothing per layer).
+    Use n_parts=1 for layering without slicing. tie_tol: see the comment above.
+    """
+    num_domains = len(domain_grads)
+    num_params = len(domain_grads[0])
+    shapes = [g.shape for g in domain_grads[0]]
+    if granularity == "model":
+        layers = [[flat(domain_grads[d])] for d in range(num_domains)]
+    elif granularity in ("layer", "element"):
+        layers = [list(g) for g in domain_grads]
+    else:
+        raise ValueError(f"granularity must be layer, model or element, not {granularity!r}")
+
+    removed_sq = 0.0
+    total_sq = 0.0
+    made = 0
+    considered = 0
+    outliers = 0
+    update = []
+    for k in range(len(layers[0])):
+        G = [layers[d][k] for d in range(num_domains)]
+        H = [g.clone() for g in G]
+        if granularity == "element":
+            views = [h.view(-1) for h in H]
+            parts = views[0].numel()
+        else:
+            views = [h.view(1) if h.dim() == 0 else h for h in H]
+            parts = n_parts
+        # torch.chunk returns views: the in-place projections below write into H.
+        chunks = [torch.chunk(v, parts, dim=0) for v in views]
+        for c in range(len(chunks[0])):
+            for i in range(num_domains):
+                for p in range(num_domains):
+                    if p == i:
+                        continue
+                    a = chunks[i][c]
+                    b = chunks[p][c]  # current value: already projected if p < i
+                    dot = torch.sum(a * b)
+                    considered += 1
+                    if dot < 0:
+                        if tie_tol > 0:
+                            norm_a = torch.linalg.vector_norm(a)
+                            if dot >= -tie_tol * norm_a * torch.linalg.vector_norm(b):
+                                continue  # orthogonal up to rounding (guard 1)
+                        a.sub_(dot / torch.sum(b * b) * b)
+                        made += 1
+                        if tie_tol > 0 and torch.linalg.vector_norm(a) <= tie_tol * norm_a:
+                            a.zero_()  # removed entirely up to rounding (guard 2)
+
+        for d in range(num_domains):
+            removed_sq += torch.sum((G[d] - H[d]) ** 2).item()
+            total_sq += torch.sum(G[d] ** 2).item()
+
+        if smoothing:
+            norms = [torch.linalg.vector_norm(h).item() for h in H]
+            mu = sum(norms) / num_domains
+            sigma = math.sqrt(sum((n - mu) ** 2 for n in norms) / num_domains)
+            is_out = [abs(n - mu) > sigma * (1.0 + tie_tol) for n in norms]  # guard 3
+            keep = [H[d] for d in range(num_domains) if not is_out[d]]
+            if any(is_out) and keep:
+                m = torch.stack(keep).mean(dim=0)
+                for d in range(num_domains):
+                    if is_out[d]:
+                        H[d] = alpha * H[d] + (1.0 - alpha) * m
+                        outliers += 1
+
+        total = H[0].clone()
+        for d in range(1, num_domains):
+            total += H[d]
+        update.append(total)
+
+    if granularity == "model":
+        vec = update[0]
+        update, start = [], 0
+        for s in shapes:
+            n = int(math.prod(s))
+            update.append(vec[start:start + n].view(s))
+            start += n
+    assert len(update) == num_params
+    stats = {
+        "modification_ratio": math.sqrt(removed_sq) / math.sqrt(total_sq) if total_sq > 0 else 0.0,
+        "modification_frequency": made / considered if considered else 0.0,
+        "projections_made": made,
+        "projections_considered": considered,
+        "outliers": outliers,
+    }
+    return update, stats
+
+
+class CorGrad(Algorithm):
+    defaults = {
+        "n_parts": 10,
+        "alpha": 0.6,
+        "smoothing": True,
+        "granularity": "layer",  # layer | model | element
+        "tie_tol": DEFAULT_TIE_TOL,  # rounding guards, see corgrad_surgery; 0 = literal
+    }
+
+    def _update(self, x, y):
+        h = self.hparams
+        grads, losses = per_domain_grads(self.network, self.params, x, y)
+        update, stats = corgrad_surgery(
+            grads,
+            n_parts=h["n_parts"],
+            alpha=h["alpha"],
+            smoothing=h["smoothing"],
+            granularity=h["granularity"],
+            tie_tol=h["tie_tol"],
+        )
+        self.optimizer.zero_grad()
+        for p, g in zip(self.params, update):
+            p.grad = g
+        self.optimizer.step()
+        return {"loss": sum(losses) / len(losses), **stats}
+
+
+# --------------------------------------------------------------------------
+# GGA-L
+# --------------------------------------------------------------------------
+
+
+class GGAL(Algorithm):
+    defaults = {
+        "gamma": 1e-3,
+        "noise": "normal",  # "normal": xi ~ N(0,1) (reference code); "uniform": U(0,1) (paper)
+    }
+
+    def _update(self, x, y):
+        h = self.hparams
+        grads, _ = per_domain_grads(self.network, self.params, x, y)
+        cosines = pairwise_cosines([flat(g) for g in grads])
+        s_mean = sum(cosines) / len(cosines) if cosines else 1.0
+
+        all_x = torch.cat(list(x))
+        all_y = torch.cat(list(y))
+        loss = F.cross_entropy(self.network(all_x), all_y)
+        self.optimizer.zero_grad()
+        loss.backward()
+
+        scale = h["gamma"] * (1.0 - s_mean)
+        for p in self.params:
+            if h["noise"] == "normal":
+                xi = torch.randn(p.shape, generator=self.generator, dtype=p.dtype, device=p.device)
+            elif h["noise"] == "uniform":
+                xi = torch.rand(p.shape, generator=self.generator, dtype=p.dtype, device=p.device)
+            else:
+                raise ValueError(f"noise must be normal or uniform, not {h['noise']!r}")
+            p.grad.add_(scale * xi)
+        self.optimizer.step()
+        return {"loss": loss.item(), "cos_mean": s_mean, "noise_scale": scale}
+
+
+# --------------------------------------------------------------------------
+# GGA (a wrapper around any base algorithm)
+# --------------------------------------------------------------------------
+
+
+class GGA:
+    defaults = {
+        "base": "ERM",
+        "start_step": 100,  # window [start_step, end_step], both inclusive, 0-based step index
+        "end_step": 200,
+        "trials": 250,
+        "rho": 1e-6,  # reference argparse default; 1e-5 for PACS/OfficeHome/TerraInc/DomainNet
+        "tol": 0.1,
+        "perturb_classifier": False,  # reference: the classifier head is not perturbed
+    }
+
+    def __init__(self, network: nn.Module, hparams: dict | None = None):
+        hparams = dict(hparams or {})
+        own = {k: hparams.pop(k, v) for k, v in self.defaults.items()}
+        self.base = make_algorithm(own["base"], network, hparams)
+        self.hparams = {**self.base.hparams, **own}
+        self.network = network
+        self.params = self.base.params
+        if own["perturb_classifier"]:
+            self.perturbed = list(self.params)
+        else:
+            if not hasattr(network, "classifier"):
+                raise ValueError("GGA needs network.classifier (or perturb_classifier=True)")
+            head = {id(p) for p in network.classifier.parameters()}
+            self.perturbed = [p for p in self.params if id(p) not in head]
+        self.step = 0
+        self._generator = None
+
+    @property
+    def generator(self):
+        if self._generator is None:
+            self._generator = torch.Generator(device=self.params[0].device)
+            self._generator.manual_seed(int(self.hparams["seed"]))
+        return self._generator
+
+    def _measure(self, x, y):
+        """min pairwise cosine of the per-domain gradients, and the loss on the
+        concatenated batch (a separate forward pass)."""
+        grads, _ = per_domain_grads(self.network, self.params, x, y)
+        cosines = pairwise_cosines([flat(g) for g in grads])
+        s = min(cosines) if cosines else 1.0
+        with torch.no_grad():
+            loss = F.cross_entropy(self.network(torch.cat(list(x))), torch.cat(list(y))).item()
+        return s, loss
+
+    def _anneal(self, x, y):
+        h = self.hparams
+        rho = h["rho"]
+        s_best, loss_best = self._measure(x, y)
+        s_start = s_best
+        theta0 = [p.detach().clone() for p in self.perturbed]
+        theta_best = [t.clone() for t in theta0]
+        accepted = 0
+        for _ in range(int(h["trials"])):
+            with torch.no_grad():
+                for p in self.perturbed:
+                    u = torch.rand(p.shape, generator=self.generator, dtype=p.dtype, device=p.device)
+                    p.add_(u * (2.0 * rho) - rho)  # U(-rho, rho)
+            s, loss = self._measure(x, y)
+            if loss - loss_best < h["tol"] and s > s_best:
+                s_best, loss_best = s, loss
+                theta_best = [p.detach().clone() for p in self.perturbed]
+                accepted += 1
+                with torch.no_grad():  # restart the search from theta0
+                    for p, t in zip(self.perturbed, theta0):
+                        p.copy_(t)
+            # on rejection nothing is undone: the walk continues from here
+        with torch.no_grad():
+            for p, t in zip(self.perturbed, theta_best):
+                p.copy_(t)
+        return {
+            "annealing": 1.0,
+            "accepted": accepted,
+            "cos_min_start": s_start,
+            "cos_min_best": s_best,
+            "loss_best": loss_best,
+        }
+
+    def update(self, x, y) -> dict:
+        x, y = self.base._to_tensors(x, y)
+        self.network.train()
+        stats = {"annealing": 0.0}
+        if self.hparams["start_step"] <= self.step <= self.hparams["end_step"]:
+            stats = self._anneal(x, y)
+        out = self.base.update(x, y)
+        self.step += 1
+        return {**{k: float(v) for k, v in stats.items()}, **out}
+
+
+# --------------------------------------------------------------------------
+# Factory
+# --------------------------------------------------------------------------
+
+ALGORITHMS = {
+    "erm": ERM,
+    "fish": Fish,
+    "corgrad": CorGrad,
+    "ggal": GGAL,
+    "gga-l": GGAL,
+    "gga_l": GGAL,
+    "gga": GGA,
+}
+
+
+def make_algorithm(name: str, network: nn.Module, hparams: dict | None = None):
+    """Build an algorithm around ``network`` (trained in place)."""
+    try:
+        cls = ALGORITHMS[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown algorithm {name!r}; one of ERM, Fish, CorGrad, GGA, GGAL") from None
+    return cls(network, hparams)
