@@ -51,14 +51,14 @@ def report(dirs: Union[PathLike, Iterable[PathLike]], selection: str = "training
         MissingRunsError: ``leave_one_domain_out`` without two-test-domain runs.
         ValueError: unknown selection method or format.
     """
+    dirs = [dirs] if isinstance(dirs, (str, os.PathLike)) else list(dirs)
     method = get_method(selection)
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     runs = load_runs(dirs)
     if not runs:
-        where = dirs if isinstance(dirs, (str, os.PathLike)) else ", ".join(map(str, dirs))
         found = len(find_results_files(dirs))
-        raise FileNotFoundError(f"no usable run under {where} "
+        raise FileNotFoundError(f"no usable run under {', '.join(map(str, dirs))} "
                                 f"({found} results.jsonl file(s) found)")
     chosen = select(runs, method, include_unfinished=include_unfinished)
     tables = results_tables(chosen, domain_names)

@@ -27,7 +27,11 @@ Ties, reproduced from DomainBed:
 * between hyperparameter settings: the **highest** ``hparams_seed`` wins.
   DomainBed sorts the settings by ascending hparams_seed, then stably by
   ascending val_acc, and reverses the list: equal val_accs come out in
-  descending hparams_seed order and the first is taken.
+  descending hparams_seed order and the first is taken. (Not the lowest
+  seed, as one might guess; kdg keeps DomainBed's behaviour.)
+* duplicate runs of one setting (same dataset, algorithm, test_envs, trial
+  and hparams seeds, e.g. a rerun) have their records pooled, as DomainBed
+  does; kdg adds a note to the table. Runs are read in sorted path order.
 
 Where kdg differs from DomainBed:
 
