@@ -8,7 +8,10 @@ Per step:
    axis of a Keras kernel) into `n_parts` chunks of torch.chunk's sizes
    (ceil(rows / n_parts) rows each, the last smaller);
 4. conflict removal per chunk, PCGrad-style: for each domain i, for each other
-   domain p in ascending order, if a.b < 0 then a <- a - (a.b / |b|^2) b, where
+   domain p in ascending order, if a.b < 0 (by more than rounding:
+   a.b < -tie_tolerance |a| |b|, and b not cancelled to rounding residue by
+   earlier projections: |a|, |b| > tie_tolerance times their norm before
+   projection) then a <- a - (a.b / |b|^2) b, where
    b is domain p's chunk as already projected (in place, as the reference
    code does; `projection="pcgrad"` projects against the original gradients
    in a random order instead);
@@ -54,6 +57,7 @@ class CorGrad(Algorithm):
         layers="all",
         alpha_schedule="constant",
         total_steps=None,
+        tie_tolerance=1e-5,
     ):
         if granularity not in GRANULARITIES:
             raise ValueError(
@@ -82,6 +86,7 @@ class CorGrad(Algorithm):
         self.layers = layers
         self.alpha_schedule = alpha_schedule
         self.total_steps = int(total_steps) if total_steps else None
+        self.tie_tolerance = float(tie_tolerance)
 
     def _takes_part(self, variable):
         """`layers="kernels"` restricts the surgery to dense and convolution
@@ -174,15 +179,30 @@ class CorGrad(Algorithm):
                     p = order[k]
                     b = ops.take(g, p, axis=0)
                     skip = p == i
+                    b_orig = b
                 else:
                     if k == i:
                         continue
-                    b, skip = h[k], False
+                    b, skip, b_orig = h[k], False, g[k]
                 a = h[i]
                 dot = seg(a * b)
                 bb = seg(b * b)
-                conflict = ops.logical_and(ops.logical_and(dot < 0, active),
-                                           ops.logical_not(skip))
+                # After a is projected against b, a.b is 0 in exact arithmetic
+                # and its sign in floating point is noise: a conflict must be
+                # more than rounding.
+                # Likewise a chunk that projections cancelled is rounding
+                # residue, not a direction to project against.
+                tol = self.tie_tolerance
+                aa = seg(a * a)
+                limit = -tol * ops.sqrt(aa * bb)
+                alive = ops.logical_and(
+                    bb > tol * tol * seg(b_orig * b_orig),
+                    aa > tol * tol * seg(g[i] * g[i]),
+                )
+                conflict = ops.logical_and(
+                    ops.logical_and(dot < limit, alive),
+                    ops.logical_and(active, ops.logical_not(skip)),
+                )
                 coef = ops.where(conflict, dot / ops.where(bb > 0, bb, 1.0), 0.0)
                 h[i] = a - spread(coef) * b
                 made = made + ops.sum(ops.cast(conflict, "float32"))
@@ -219,8 +239,10 @@ class CorGrad(Algorithm):
         norms = ops.sqrt(ops.stack([per_layer(ops.square(hi)) for hi in h]))  # (D, L)
         mu = ops.mean(norms, axis=0)
         sigma = ops.sqrt(ops.mean(ops.square(norms - mu), axis=0))
+        # With two domains |n_i - mu| == sigma exactly: not an outlier.
         outlier = ops.logical_and(
-            ops.abs(norms - mu) > sigma, ops.convert_to_tensor(layer_active)
+            ops.abs(norms - mu) > sigma * (1.0 + self.tie_tolerance),
+            ops.convert_to_tensor(layer_active),
         )
         keep = 1.0 - ops.cast(outlier, "float32")
         count = ops.maximum(ops.sum(keep, axis=0), 1.0)
@@ -250,4 +272,5 @@ class CorGrad(Algorithm):
             "layers": self.layers,
             "alpha_schedule": self.alpha_schedule,
             "total_steps": self.total_steps,
+            "tie_tolerance": self.tie_tolerance,
         }

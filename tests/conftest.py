@@ -1,0 +1,58 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras
+import numpy as np
+import pytest
+
+import kdg
+
+BACKEND = keras.backend.backend()
+
+
+def make_data(num_domains=3, batch=8, features=5, classes=4, seed=0, shift=True):
+    """Per-domain minibatches whose domains differ (each its own mean), so
+    that their gradients conflict."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(num_domains, batch, features))
+    if shift:
+        x += rng.normal(scale=2.0, size=(num_domains, 1, features))
+    y = rng.integers(0, classes, size=(num_domains, batch))
+    return x.astype("float32"), y.astype("int32")
+
+
+def init_params(features=5, classes=4, seed=1):
+    rng = np.random.default_rng(seed)
+    return [
+        rng.normal(scale=0.5, size=(features, classes)).astype("float32"),
+        rng.normal(scale=0.1, size=(classes,)).astype("float32"),
+    ]
+
+
+def softmax_regression(algorithm, params, optimizer=None, seed=0, **kwargs):
+    """kdg.DGModel for logits = x W + b with the given initial [W, b]."""
+    features, classes = params[0].shape
+    inputs = keras.Input((features,))
+    outputs = keras.layers.Dense(classes, name="head")(inputs)
+    model = kdg.DGModel(inputs, outputs, algorithm=algorithm, seed=seed, **kwargs)
+    model.get_layer("head").set_weights(params)
+    model.compile(
+        optimizer=optimizer or keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def weights(model):
+    return [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
+
+
+@pytest.fixture
+def data():
+    return make_data()
+
+
+@pytest.fixture
+def params():
+    return init_params()
