@@ -22,8 +22,9 @@ Differences with torchvision's ``ColorJitter`` that cannot be removed with
 the Keras layers, and the choices made:
 
 * brightness: torchvision multiplies by ``U(0.7, 1.3)``; Keras'
-  ``RandomBrightness`` adds ``U(-f, f) * 255``. ``f = jitter / 2`` gives the
-  same mean absolute change as a multiplicative 0.3 on a pixel of value 0.5.
+  ``RandomBrightness`` adds ``U(-f, f) * 255``. ``f = jitter / 2`` changes a
+  mid-grey pixel (0.5) exactly as torchvision does, by ``U(-0.15, 0.15)``;
+  darker pixels change more than with torchvision, brighter ones less.
 * contrast: both blend with the mean by a factor ``U(0.7, 1.3)`` (Keras uses
   the per-channel mean, torchvision the grey mean).
 * saturation: Keras multiplies the HSV saturation by ``g = u / (1 - u)``;
@@ -129,8 +130,10 @@ def make_augmenter(policy: ImagePolicy, seed: int) -> Callable[[tf.Tensor], tf.T
         layers.append(keras.layers.RandomGrayscale(factor=policy.grayscale, seed=seed + 2))
 
     def augment(images: tf.Tensor) -> tf.Tensor:
+        shape = images.shape
         for layer in layers:
-            images = layer(images)
+            # Some layers lose the static channel count that the next one needs.
+            images = tf.ensure_shape(layer(images), shape)
         return tf.clip_by_value(images, 0.0, 255.0)
 
     return augment

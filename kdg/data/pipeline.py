@@ -89,6 +89,11 @@ class EncodedSource(Source):
 class Batches:
     """An iterable of NumPy ``(x, y)`` batches backed by a ``tf.data.Dataset``.
 
+    Every ``iter()`` starts the stream from its beginning: the same batches
+    again for the same seed. When an image fails to decode, the files behind
+    the stream are decoded one by one to name the culprits (slow on a large
+    domain, but only on failure) and :class:`CorruptImageError` is raised.
+
     Attributes:
         dataset: the underlying ``tf.data.Dataset`` of ``(x, y)`` tensors.
         num_batches: number of batches, or ``None`` for an infinite stream.

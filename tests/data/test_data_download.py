@@ -16,7 +16,7 @@ from kdg.data import downloads as dl
 
 PACS = data.get_info("PACS")
 PACS_CLASSES = ("dog", "elephant", "giraffe", "guitar", "horse", "house", "person")
-BODY = bytes(range(256)) * 4000  # ~1 MB, more than one chunk
+BODY = bytes(range(256)) * 5000  # 1.28 MB: more than one 1 MiB chunk
 
 
 def png_bytes(value: int) -> bytes:
@@ -41,8 +41,11 @@ def sha(body: bytes) -> str:
 
 def test_fetch_downloads_and_verifies(file_server, tmp_path):
     file_server.files["/f.bin"] = BODY
-    path = dl.fetch(file_server.url("/f.bin"), tmp_path / "sub" / "f.bin", sha256=sha(BODY))
+    seen = []
+    path = dl.fetch(file_server.url("/f.bin"), tmp_path / "sub" / "f.bin", sha256=sha(BODY),
+                    progress=lambda name, done, total: seen.append((name, done, total)))
     assert path.read_bytes() == BODY
+    assert seen[-1] == ("f.bin", len(BODY), len(BODY)) and len(seen) > 1
     assert not (tmp_path / "sub" / "f.bin.part").exists()
     dl.fetch(file_server.url("/f.bin"), path, sha256=sha(BODY))  # present: no request
     assert len(file_server.requests) == 1

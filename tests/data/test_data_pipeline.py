@@ -42,9 +42,10 @@ def test_train_stream_is_infinite_and_visits_the_whole_in_split(toy):
 
 
 def test_train_stream_is_deterministic_given_seed(toy):
-    first = take(toy.train_batches([0, 1], batch_size=3, seed=7), 3)
-    second = take(toy.train_batches([0, 1], batch_size=3, seed=7), 3)
-    other = take(toy.train_batches([0, 1], batch_size=3, seed=8), 3)
+    # 8 batches of 3 = 24 draws: more than two passes over the 10 in-split images
+    first = take(toy.train_batches([0, 1], batch_size=3, seed=7), 8)
+    second = take(toy.train_batches([0, 1], batch_size=3, seed=7), 8)
+    other = take(toy.train_batches([0, 1], batch_size=3, seed=8), 8)
     for (x1, y1), (x2, y2) in zip(first, second):
         np.testing.assert_array_equal(x1, x2)
         np.testing.assert_array_equal(y1, y2)

@@ -3,9 +3,11 @@
 import io
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from PIL import Image
 
+from kdg import data
 from kdg.data.augment import ImagePolicy
 from kdg.data.dataset import DGDataset
 from kdg.data.tfds import TFDSSource, join_splits
@@ -48,3 +50,8 @@ def test_tfds_source_selects_indices_and_feeds_the_pipeline():
     out = ds.split("a", "out")
     x, y = next(iter(ds.eval_batches(out)))
     assert len(y) == len(out) == 2
+
+
+def test_unprepared_tfds_dataset_is_not_found(tmp_path):
+    with pytest.raises(data.DatasetNotFoundError, match="no prepared domainnet/clipart"):
+        data.load("DomainNetTFDS", tmp_path)
