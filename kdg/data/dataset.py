@@ -36,6 +36,8 @@ class DGDataset:
         trial_seed: seeds the in/out splits (DomainBed's ``trial_seed``).
         augment: whether training batches are augmented.
         sources: one :class:`~kdg.data.pipeline.Source` per domain.
+        policy: preprocessing of natural images (``None`` for the in-memory
+            MNIST/digits arrays, which are only scaled to [0, 1]).
     """
 
     def __init__(self, name: str, domains: Sequence[str], short_domains: Sequence[str],
@@ -192,7 +194,9 @@ def load(name: str, root: str | os.PathLike | None = None, *,
     if downsample and info.name != "ColoredMNIST":
         raise ValueError("downsample= applies to ColoredMNIST only")
     if download and info.kind != "tfds":
-        raise ValueError(f"download= applies to DomainNetTFDS; use kdg.data.download({info.name!r}, root)")
+        raise ValueError(
+            f"download= applies to DomainNetTFDS; use kdg.data.download({info.name!r}, root)"
+        )
     common = dict(holdout_fraction=holdout_fraction, trial_seed=trial_seed)
 
     if info.kind == "digits":

@@ -32,7 +32,8 @@ from kdg.data.registry import COLOR_FLIP_PROBABILITIES, ROTATIONS
 
 @lru_cache(maxsize=4)
 def digit_images(image_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's digits as uint8 ``(1797, image_size, image_size)`` MNIST-like images, and labels."""
+    """scikit-learn's digits as MNIST-like uint8 images ``(1797, image_size, image_size)``,
+    and their labels."""
     from sklearn.datasets import load_digits
 
     if image_size < 8:

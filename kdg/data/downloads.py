@@ -107,9 +107,6 @@ class _Unavailable(Exception):
     """The source answered that the file is not there (or could not be reached)."""
 
 
-# ----------------------------------------------------------------------------------- transfer
-
-
 def file_sha256(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -197,7 +194,8 @@ def fetch(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
             _transfer(url, part, timeout, progress)
             break
         except _Unavailable as error:
-            raise DownloadError(_gone_message(label, url, str(error), dest, sha256, homepage)) from error
+            message = _gone_message(label, url, str(error), dest, sha256, homepage)
+            raise DownloadError(message) from error
         except (_Incomplete, http.client.HTTPException, OSError) as error:
             if attempt == retries:
                 raise DownloadError(
@@ -227,9 +225,6 @@ def _gone_message(label: str, url: str, what: str, dest: Path, sha256: str | Non
         + ", and run the same download command again: it will verify and extract it.",
     ]
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------- extraction
 
 
 def extract(archive: str | os.PathLike, into: str | os.PathLike) -> None:

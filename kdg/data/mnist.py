@@ -58,7 +58,8 @@ def load_mnist(root: str | os.PathLike, name: str = "MNIST") -> tuple[np.ndarray
     return images, labels.astype(np.int64)
 
 
-def environment_indices(n: int, num_environments: int, rng: np.random.Generator) -> list[np.ndarray]:
+def environment_indices(n: int, num_environments: int,
+                        rng: np.random.Generator) -> list[np.ndarray]:
     """Shuffle ``0..n-1`` and deal it into environments (``perm[i::E]``)."""
     permutation = rng.permutation(n)
     return [permutation[i::num_environments] for i in range(num_environments)]
@@ -112,7 +113,8 @@ def rotated_environments(images: np.ndarray, labels: np.ndarray, angles: Sequenc
 def colored_environments(images: np.ndarray, labels: np.ndarray,
                          flip_probabilities: Sequence[float], seed: int, *,
                          downsample: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
-    """ColoredMNIST's construction: ``(images (n, H, W, 2) uint8, binary labels)`` per environment."""
+    """ColoredMNIST's construction: ``(images (n, H, W, 2) uint8, binary labels)``
+    per environment."""
     rng = np.random.default_rng(seed)
     environments = []
     for probability, index in zip(flip_probabilities,
