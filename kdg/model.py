@@ -158,9 +158,9 @@ class DGModel(backend.TrainStep, keras.Model):
                     _freeze_batchnorm(layer)
 
     # -- building ----------------------------------------------------------
-    def compile(self, *args, **kwargs):
-        super().compile(*args, **kwargs)
-        self._dg_freeze()
+    def compile_from_config(self, config):
+        super().compile_from_config(config)
+        # the algorithm's own variables must exist before weights load
         self._dg_build_algorithm()
 
     def _symbolic_build(self, iterator=None, data_batch=None):
@@ -185,6 +185,10 @@ class DGModel(backend.TrainStep, keras.Model):
         leaves = tree.flatten(x)
         if not all(len(t.shape) >= 2 and tuple(t.shape[:2]) == tuple(y.shape)
                    for t in leaves):
+            if "int" in keras.backend.standardize_dtype(y.dtype) and all(
+                len(t.shape) >= 2 and t.shape[0] == y.shape[0] for t in leaves
+            ):
+                self._dg_check_batch(x, y, sw)  # a (D, B) batch gone wrong
             return data_batch
         # Remembered for pipelines that hide the number of domains (a
         # generator under tf.function has unknown leading dimensions).
@@ -249,6 +253,7 @@ class DGModel(backend.TrainStep, keras.Model):
         x, y = self._dg_static_domains(x, y)
         self._dg_check_batch(x, y, sample_weight)
         self._dg_freeze()
+        self._dg_build_algorithm()
         ctx = StepContext(
             self, kdg_random.key_from_seed_generator(self.dg_seed_generator)
         )

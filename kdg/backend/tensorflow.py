@@ -38,6 +38,13 @@ class TrainStep:
                 batch = first[0]
             elif getattr(adapter, "py_dataset", None) is not None:
                 batch = adapter.py_dataset[0]
-        if batch is not None:
+            elif isinstance(getattr(adapter, "_dataset", None), tf.data.Dataset):
+                batch = adapter._dataset.element_spec
+        if batch is not None and not self.built:
+            # Keras defers building to the first trace; the algorithms need
+            # the variables (and their own state) before that.
+            self._symbolic_build(data_batch=batch)
+        elif batch is not None:
             self._dg_as_flat_batch(batch)
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        self._dg_build_algorithm()
