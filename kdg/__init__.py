@@ -2,13 +2,27 @@
 
     import kdg
     model = kdg.DGModel(inputs, outputs, algorithm=kdg.algorithms.Fish())
-    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(optimizer="adam",
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(batches)  # x: (D, B, ...), y: (D, B)
+
+Submodules load on first use, so that `kdg report` and `kdg --help` do not
+start a Keras backend.
 """
 
-from kdg import algorithms
-from kdg.model import DGModel, FunctionalDGModel, WrappedDGModel, wrap
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["DGModel", "FunctionalDGModel", "WrappedDGModel", "algorithms", "wrap"]
+_MODEL = ("DGModel", "FunctionalDGModel", "WrappedDGModel", "wrap")
+_SUBMODULES = ("algorithms", "data", "models", "recipes", "report", "training", "sweep", "bench")
+
+__all__ = list(_MODEL) + ["algorithms"]
+
+
+def __getattr__(name):
+    if name in _MODEL:
+        return getattr(importlib.import_module("kdg.model"), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"kdg.{name}")
+    raise AttributeError(f"module 'kdg' has no attribute {name!r}")

@@ -221,15 +221,16 @@ def test_erm_accepts_a_single_domain(params):
 def test_train_step_compiles_with_xla(data, params, algorithm):
     """jit_compile=True: one XLA program per step on JAX and TensorFlow
     ("auto" leaves TensorFlow on CPU without XLA, as Keras does)."""
+    if BACKEND == "torch":
+        pytest.skip("jit_compile=True means torch.compile on PyTorch, which kdg does not use")
     x, y = data
     model = softmax_regression(algorithm, params)
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS, jit_compile=True)
     reference = softmax_regression(algorithm, params)
-    reference.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS, run_eagerly=BACKEND != "jax")
+    reference.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS, jit_compile=False)
     for m in (model, reference):
         for _ in range(3):
             m.train_on_batch(x, y)
-    if BACKEND in ("jax", "tensorflow"):
-        assert model.jit_compile
+    assert model.jit_compile and not reference.jit_compile
     for a, b in zip(weights(model), weights(reference)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
