@@ -7,10 +7,13 @@
     model.fit(batches)  # x: (D, B, ...), y: (D, B)
 
 Submodules load on first use, so that `kdg report` and `kdg --help` do not
-start a Keras backend.
+start a Keras backend. When Keras is already imported, the model classes
+are imported (and registered for `keras.models.load_model`) right away;
+otherwise `from kdg import DGModel` (or any use of kdg.DGModel) does it.
 """
 
 import importlib
+import sys
 
 __version__ = "0.1.0"
 
@@ -26,3 +29,7 @@ def __getattr__(name):
     if name in _SUBMODULES:
         return importlib.import_module(f"kdg.{name}")
     raise AttributeError(f"module 'kdg' has no attribute {name!r}")
+
+
+if "keras" in sys.modules:
+    importlib.import_module("kdg.model")

@@ -1,0 +1,254 @@
+"""The `kdg` command line.
+
+Keras fixes its backend when it is first imported, so this module imports
+nothing of Keras at the top: each command sets KERAS_BACKEND (from
+--backend, the recipe, or the environment) before it loads kdg's engine.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+BACKENDS = ("jax", "tensorflow", "torch")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=False, highlight=False)
+
+
+def _fail(message: str, code: int = 2):
+    click.echo(click.style("error: ", fg="red", bold=True) + str(message), err=True)
+    sys.exit(code)
+
+
+def _use_backend(backend: str | None) -> str:
+    """Set KERAS_BACKEND before Keras is imported; refuse to switch after."""
+    if backend is None:
+        backend = os.environ.get("KERAS_BACKEND")
+    if "keras" in sys.modules:
+        import keras
+
+        current = keras.backend.backend()
+        if backend and backend != current:
+            _fail(f"Keras is already running on {current}; cannot switch to {backend} in "
+                  "this process. Run kdg in a new process.")
+        return current
+    if backend:
+        os.environ["KERAS_BACKEND"] = backend
+    import keras
+
+    return keras.backend.backend()
+
+
+def _known_errors():
+    from kdg.data import DataError
+    from kdg.recipes import RecipeError
+    from kdg.training import RunError
+
+    return (RecipeError, RunError, DataError)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kdg")
+def main():
+    """kdg: domain generalization for Keras 3 (Fish, CorGrad, GGA, GGA-L).
+
+    \b
+    Examples:
+      kdg train recipes/quickstart.yaml
+      kdg train recipes/gga_officehome.yaml --set training.lr=3e-5 --backend jax
+      kdg eval runs/quickstart --dataset RotatedDigits
+      kdg data download PACS --root ~/data
+      kdg report runs/ --selection training_domain
+    """
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe field, e.g. --set training.lr=3e-5 (repeatable).")
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
+              help="Keras backend (default: the recipe's, else $KERAS_BACKEND).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(recipe, overrides, backend, quiet):
+    """Train (or resume) the run described by RECIPE.
+
+    \b
+    Writes to the recipe's output_dir: recipe.yaml, results.jsonl,
+    tensorboard/, checkpoint.npz, model.keras and a `done` marker. A killed
+    run started again with the same command continues from its last
+    checkpoint; a finished one does nothing.
+
+    \b
+    Examples:
+      kdg train recipes/quickstart.yaml
+      kdg train recipes/fish_pacs.yaml --set dataset.test_domains=[sketch] --set training.steps=100
+      kdg train recipes/corgrad_terrainc.yaml --backend torch
+    """
+    from kdg import recipes as recipes_lib
+
+    try:
+        config = recipes_lib.apply_overrides(recipes_lib.read_yaml(recipe), list(overrides))
+    except recipes_lib.RecipeError as error:
+        _fail(error)
+    chosen = backend or config.get("backend")
+    if chosen is not None and chosen not in BACKENDS:
+        _fail(f"backend: {chosen!r} is not a Keras backend kdg supports; expected one of "
+              f"{', '.join(BACKENDS)}.")
+    running = _use_backend(chosen)
+    from kdg import training
+
+    console = _console()
+    try:
+        resolved = recipes_lib.load_recipe(recipe, overrides, backend=running)
+        recipes_lib.check_dataset(resolved)
+    except _known_errors() as error:
+        _fail(error)
+    from rich.syntax import Syntax
+
+    console.print(Syntax(recipes_lib.dump(resolved), "yaml", theme="ansi_dark"))
+    try:
+        training.run(resolved, console=None if quiet else console)
+    except _known_errors() as error:
+        _fail(error)
+
+
+@main.command(name="eval")
+@click.argument("model_or_run", type=click.Path(exists=True))
+@click.option("--dataset", "dataset_name", required=True, help="Dataset name, or 'custom'.")
+@click.option("--root", default=None, help="Data root (default: $KDG_DATA_ROOT).")
+@click.option("--path", default=None, help="Folder of a custom dataset.")
+@click.option("--domain", "domains", multiple=True, help="Domains to evaluate (default: all).")
+@click.option("--split", type=click.Choice(["all", "in", "out"]), default="all")
+@click.option("--image-size", type=int, default=None)
+@click.option("--batch-size", type=int, default=128)
+@click.option("--backend", type=click.Choice(BACKENDS), default=None)
+def evaluate(model_or_run, dataset_name, root, path, domains, split, image_size, batch_size,
+             backend):
+    """Evaluate a saved model (a .keras file or a run directory) on domains.
+
+    \b
+    Examples:
+      kdg eval runs/quickstart --dataset RotatedDigits
+      kdg eval runs/pacs/model.keras --dataset PACS --root ~/data --domain sketch --split in
+    """
+    _use_backend(backend)
+    import keras
+    from rich.table import Table
+
+    import kdg.model  # noqa: F401  (registers kdg's classes for loading)
+    from kdg import data
+
+    model_path = Path(model_or_run)
+    if model_path.is_dir():
+        model_path = model_path / "model.keras"
+    if not model_path.exists():
+        _fail(f"no model at {model_path}: a run directory holds model.keras once it is done.")
+    try:
+        options = {} if image_size is None else {"image_size": image_size}
+        dataset = data.load(dataset_name, root, path=path, **options)
+        chosen = [dataset.domain_index(d) for d in domains] or range(len(dataset.domains))
+    except (data.DataError, KeyError, ValueError) as error:
+        _fail(error)
+    model = keras.models.load_model(model_path)
+    table = Table(title=f"{model_path} on {dataset.name}")
+    for column in ("domain", "split", "examples", "accuracy", "loss"):
+        table.add_column(column)
+    for i in chosen:
+        split_obj = dataset.split(i, split)
+        batches = dataset.eval_batches(split_obj, batch_size=batch_size)
+        result = model.evaluate(batches.dataset, verbose=0, return_dict=True)
+        table.add_row(dataset.domains[i], split, str(len(split_obj)),
+                      f"{result.get('accuracy', float('nan')):.4f}", f"{result['loss']:.4f}")
+    _console().print(table)
+
+
+@main.group()
+def data():
+    """Download and check datasets.
+
+    \b
+    Examples:
+      kdg data download PACS --root ~/data
+      kdg data check PACS --root ~/data
+      kdg data check custom --root ~/data/my_dataset
+    """
+
+
+@data.command()
+@click.argument("name")
+@click.option("--root", required=True, help="Where the dataset folder goes.")
+@click.option("--force", is_flag=True, help="Download again even if present.")
+def download(name, root, force):
+    """Download a public dataset into ROOT in the DomainBed layout.
+
+    \b
+    Downloads resume where they stopped and are checked against checksums.
+    Example: kdg data download OfficeHome --root ~/data
+    """
+    from kdg import data as data_lib
+
+    try:
+        where = data_lib.download(name, root, force=force)
+    except (data_lib.DataError, KeyError, ValueError) as error:
+        _fail(error)
+    click.echo(f"{name} is ready in {where}")
+
+
+@data.command()
+@click.argument("name")
+@click.option("--root", default=None, help="Data root (default: $KDG_DATA_ROOT).")
+@click.option("--no-decode", is_flag=True, help="Skip decoding every image (faster).")
+def check(name, root, no_decode):
+    """Check a dataset's layout: missing domains, class folders that differ
+    between domains, unreadable images; print counts per domain and class.
+
+    \b
+    Example: kdg data check PACS --root ~/data
+    """
+    from kdg import data as data_lib
+
+    try:
+        report = data_lib.check_layout(name, root, decode=not no_decode)
+    except (data_lib.DataError, KeyError, ValueError) as error:
+        _fail(error)
+    click.echo(data_lib.format_report(report))
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--selection", default="training_domain",
+              type=click.Choice(["training_domain", "oracle", "leave_one_domain_out"]))
+@click.option("--format", "fmt", default="text",
+              type=click.Choice(["text", "markdown", "latex", "csv"]))
+@click.option("--plots", "plots_dir", default=None, type=click.Path(file_okay=False),
+              help="Write PNG plots here.")
+@click.option("--include-unfinished", is_flag=True, help="Use runs without a `done` marker too.")
+def report(dirs, selection, fmt, plots_dir, include_unfinished):
+    """Tables of test-domain accuracy with DomainBed's model selection.
+
+    \b
+    Examples:
+      kdg report runs/sweep --selection training_domain
+      kdg report runs/sweep --format latex --plots figures/
+    """
+    from kdg.report import report as make_report
+
+    try:
+        text = make_report(list(dirs), selection=selection, fmt=fmt, plots_dir=plots_dir,
+                           include_unfinished=include_unfinished)
+    except (FileNotFoundError, ValueError) as error:
+        _fail(error)
+    click.echo(text)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,322 @@
+"""Recipes: one YAML file that describes a DomainBed-style training run.
+
+```yaml
+dataset:   {name: OfficeHome, root: ~/data, test_domains: [Art], holdout_fraction: 0.2}
+model:     {backbone: resnet50, pretrained: true, freeze_bn: true, dropout: 0.0}
+algorithm: {name: gga, base: {name: erm}, rho: 1.0e-5}
+training:  {steps: 5000, batch_size: 32, lr: 5.0e-5, eval_every: 300, seed: 0}
+backend: jax
+output_dir: runs/gga_officehome
+```
+
+`load_recipe(path, overrides)` reads the file, applies `--set key=value`
+overrides and validates everything it can without touching a Keras backend:
+unknown keys and wrong types (pydantic), algorithm names and
+hyperparameters, backbones. `check_dataset(recipe)` then validates the
+dataset, its root and the test domains. Every problem is reported in one
+`RecipeError` whose message names the field, what was given, what is allowed
+and, for typos, the closest match.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+BACKENDS = ("jax", "tensorflow", "torch")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run, with every reason in the message."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetConfig(_Section):
+    name: str = Field(description="a built-in dataset, or 'custom' with a path")
+    root: str | None = Field(None, description="data root (default: $KDG_DATA_ROOT)")
+    path: str | None = Field(None, description="folder of a custom dataset")
+    test_domains: list[int | str] = Field(default_factory=lambda: [0])
+    holdout_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    image_size: int | None = Field(None, gt=0)
+    augment: bool = True
+
+
+class ModelConfig(_Section):
+    backbone: str = "resnet50"
+    pretrained: bool = True
+    freeze_bn: bool = True
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class AlgorithmConfig(BaseModel):
+    """`name` plus the algorithm's hyperparameters (checked against its
+    constructor); GGA's `base` is another AlgorithmConfig."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+
+class TrainingConfig(_Section):
+    steps: int = Field(5000, gt=0)
+    batch_size: int = Field(32, gt=0, description="examples per domain and step")
+    optimizer: Literal["adam", "sgd", "adamw"] = "adam"
+    lr: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    weight_decay_mode: Literal["l2", "decoupled"] = Field(
+        "l2", description="l2: added to the gradient (PyTorch's Adam); decoupled: Keras/AdamW"
+    )
+    eval_every: int = Field(300, gt=0)
+    checkpoint_every: int | None = Field(None, gt=0, description="default: eval_every")
+    eval_batch_size: int = Field(128, gt=0)
+    seed: int = 0
+    trial_seed: int = 0
+    hparams_seed: int = 0
+
+
+class Recipe(_Section):
+    dataset: DatasetConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=lambda: AlgorithmConfig(name="erm"))
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    backend: Literal["jax", "tensorflow", "torch"] | None = None
+    output_dir: str | None = None
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+# -- reading and overriding ------------------------------------------------------
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'training.lr=3e-5' -> (['training', 'lr'], 3e-05); values are YAML."""
+    if "=" not in text:
+        raise RecipeError(f"--set {text!r}: expected KEY=VALUE, e.g. --set training.lr=3e-5")
+    key, value = text.split("=", 1)
+    if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key.strip()):
+        raise RecipeError(f"--set {text!r}: {key!r} is not a dotted key like training.lr")
+    parsed = yaml.safe_load(value) if value.strip() else None
+    # YAML 1.1 reads "3e-5" as a string; numbers are what people mean.
+    if isinstance(parsed, str):
+        try:
+            parsed = float(parsed) if re.fullmatch(r"[-+]?[\d.]+e[-+]?\d+", parsed, re.I) else parsed
+        except ValueError:
+            pass
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(config: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = config
+        for key in keys[:-1]:
+            if not isinstance(node.get(key), dict):
+                node[key] = {}
+            node = node[key]
+        node[keys[-1]] = value
+    return config
+
+
+def _fix_yaml_floats(node):
+    """YAML 1.1 reads 5e-5 (no dot) as a string: make such strings floats."""
+    if isinstance(node, dict):
+        return {k: _fix_yaml_floats(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_fix_yaml_floats(v) for v in node]
+    if isinstance(node, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)e[-+]?\d+", node, re.I):
+        return float(node)
+    return node
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe {str(path)!r} does not exist")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise RecipeError(f"recipe {str(path)!r} is not valid YAML: {error}") from None
+    if not isinstance(config, dict):
+        raise RecipeError(f"recipe {str(path)!r} must be a mapping with a 'dataset' section")
+    return _fix_yaml_floats(config)
+
+
+# -- validation --------------------------------------------------------------------
+
+
+def _suggest(value, allowed) -> str:
+    match = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.5)
+    return f" Did you mean {match[0]!r}?" if match else ""
+
+
+def _section_fields(loc: tuple) -> list[str]:
+    model: type[BaseModel] = Recipe
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _format_validation_error(error: ValidationError) -> list[str]:
+    problems = []
+    for item in error.errors():
+        loc = tuple(str(p) for p in item["loc"])
+        where = ".".join(loc) or "recipe"
+        given = item.get("input")
+        if item["type"] == "extra_forbidden":
+            allowed = _section_fields(loc)
+            problems.append(
+                f"{where}: unknown key. Allowed here: {', '.join(allowed)}.{_suggest(loc[-1], allowed)}"
+            )
+        elif item["type"] == "missing":
+            problems.append(f"{where}: required, missing.")
+        elif item["type"] == "literal_error":
+            allowed = item.get("ctx", {}).get("expected", "")
+            options = re.findall(r"'([^']+)'", allowed)
+            problems.append(f"{where}: {given!r} is not allowed; expected {allowed}.{_suggest(given, options)}")
+        else:
+            problems.append(f"{where}: {item['msg'].lower()}; given {given!r}.")
+    return problems
+
+
+def algorithm_parameters(name: str) -> list[str]:
+    from kdg.algorithms import ALGORITHMS
+
+    return [p for p in inspect.signature(ALGORITHMS[name].__init__).parameters if p != "self"]
+
+
+def _check_algorithm(config: dict, where: str, problems: list[str]) -> None:
+    from kdg.algorithms import ALGORITHMS
+
+    name = str(config.get("name", "")).lower().replace("-", "").replace("_", "")
+    if name not in ALGORITHMS:
+        problems.append(
+            f"{where}.name: unknown algorithm {config.get('name')!r}; known: "
+            f"{', '.join(sorted(ALGORITHMS))}.{_suggest(name, ALGORITHMS)}"
+        )
+        return
+    allowed = algorithm_parameters(name)
+    for key, value in config.items():
+        if key == "name":
+            continue
+        if key not in allowed:
+            problems.append(
+                f"{where}.{key}: not a parameter of {name}; its parameters: "
+                f"{', '.join(allowed)}.{_suggest(key, allowed)}"
+            )
+        elif key == "base":
+            if not isinstance(value, dict):
+                value = {"name": value}
+            _check_algorithm(value, f"{where}.base", problems)
+    if not problems:
+        try:
+            build_algorithm(config)
+        except (TypeError, ValueError) as error:
+            problems.append(f"{where}: {error}")
+
+
+def build_algorithm(config: dict, total_steps: int | None = None):
+    """A kdg Algorithm from a recipe's `algorithm` section."""
+    from kdg.algorithms import ALGORITHMS
+
+    config = dict(config)
+    name = str(config.pop("name")).lower().replace("-", "").replace("_", "")
+    if "base" in config:
+        base = config["base"] if isinstance(config["base"], dict) else {"name": config["base"]}
+        config["base"] = build_algorithm(base, total_steps)
+    if name == "corgrad" and config.get("alpha_schedule") == "log_decay":
+        config.setdefault("total_steps", total_steps)
+    return ALGORITHMS[name](**config)
+
+
+def _check_backbone(backbone: str, problems: list[str]) -> None:
+    from kdg.models import BACKBONES
+
+    if backbone in BACKBONES or "/" in backbone or "_" in backbone or Path(backbone).exists():
+        return  # a built-in, a keras-hub preset name or a local preset directory
+    problems.append(
+        f"model.backbone: unknown backbone {backbone!r}; built in: {', '.join(BACKBONES)}, "
+        f"or any keras-hub preset name or local preset directory.{_suggest(backbone, BACKBONES)}"
+    )
+
+
+def validate(config: dict) -> Recipe:
+    """A Recipe from a plain dict, or a RecipeError naming every problem."""
+    try:
+        recipe = Recipe.model_validate(config)
+    except ValidationError as error:
+        raise RecipeError("invalid recipe:\n  - " + "\n  - ".join(_format_validation_error(error))) from None
+    problems: list[str] = []
+    _check_algorithm(recipe.algorithm.model_dump(), "algorithm", problems)
+    _check_backbone(recipe.model.backbone, problems)
+    if problems:
+        raise RecipeError("invalid recipe:\n  - " + "\n  - ".join(problems))
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] = (), backend: str | None = None) -> Recipe:
+    config = apply_overrides(read_yaml(path), list(overrides))
+    if backend is not None:
+        config["backend"] = backend
+    if not config.get("output_dir"):
+        config["output_dir"] = str(Path("runs") / Path(path).stem)
+    return validate(config)
+
+
+def check_dataset(recipe: Recipe):
+    """Load the dataset description (no images decoded) and check the test
+    domains; returns the DGDataset. Raises RecipeError."""
+    from kdg import data
+
+    cfg = recipe.dataset
+    try:
+        info = data.get_info(cfg.name)
+    except (KeyError, ValueError):
+        names = list(data.dataset_names())
+        raise RecipeError(
+            f"invalid recipe:\n  - dataset.name: unknown dataset {cfg.name!r}; known: "
+            f"{', '.join(names)}, or 'custom' with dataset.path.{_suggest(cfg.name, names)}"
+        ) from None
+    options = dict(holdout_fraction=cfg.holdout_fraction, trial_seed=recipe.training.trial_seed)
+    if cfg.image_size is not None:
+        options["image_size"] = cfg.image_size
+    if info.kind not in ("mnist", "digits"):
+        options["augment"] = cfg.augment
+    try:
+        dataset = data.load(cfg.name, cfg.root, path=cfg.path, **options)
+    except data.DataError as error:
+        raise RecipeError(f"invalid recipe:\n  - dataset: {error}") from None
+    except (TypeError, ValueError) as error:
+        raise RecipeError(f"invalid recipe:\n  - dataset: {error}") from None
+    problems = []
+    for domain in cfg.test_domains:
+        try:
+            dataset.domain_index(domain)
+        except (KeyError, ValueError, IndexError):
+            allowed = list(dataset.domains) + list(dataset.short_domains)
+            problems.append(
+                f"dataset.test_domains: {domain!r} is not a domain of {dataset.name}; "
+                f"domains: {', '.join(dataset.domains)} (or their index, or short names "
+                f"{', '.join(dataset.short_domains)}).{_suggest(domain, allowed)}"
+            )
+    if not problems and len(set(map(dataset.domain_index, cfg.test_domains))) >= len(dataset.domains):
+        problems.append("dataset.test_domains: every domain is a test domain; none is left to train on.")
+    if problems:
+        raise RecipeError("invalid recipe:\n  - " + "\n  - ".join(problems))
+    return dataset
+
+
+def dump(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)

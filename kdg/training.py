@@ -1,0 +1,299 @@
+"""One training run from a recipe: DomainBed's protocol, resumable.
+
+The output directory receives, in this order of safety:
+
+- `recipe.yaml`: the resolved recipe (written once the recipe validates);
+- `results.jsonl`: one JSON line per evaluation (step, epoch, training loss
+  and diagnostics averaged over the interval, `env{i}_in_acc`/`_out_acc`/
+  `_in_loss`/`_out_loss` for every domain, step time, memory, `args`,
+  `hparams`), as DomainBed writes it;
+- `tensorboard/`: the same numbers as TensorBoard scalars;
+- `checkpoint.npz`: every variable (model, optimizer, the algorithm's own
+  state, seeds) and the step, replaced atomically;
+- `model.keras`: the final model; `done`: the final record, written last.
+
+A run that is killed, even with SIGKILL, continues from its last checkpoint
+when started again with the same command, and ends with the same results as
+a run that was never interrupted: the state is restored exactly and the
+training stream, a pure function of the seed, is skipped to the step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kdg import recipes
+
+CHECKPOINT = "checkpoint.npz"
+
+
+class RunError(RuntimeError):
+    pass
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def state_variables(model):
+    """Every variable a resumed run needs, in a fixed order."""
+    return (
+        list(model.variables)
+        + list(model.optimizer.variables)
+        + list(model.algorithm.variables)
+    )
+
+
+def save_checkpoint(model, path: Path, step: int, extra: dict | None = None) -> None:
+    """Every state variable, the step and `extra` (JSON) in one file,
+    replaced atomically."""
+    from keras import ops
+
+    arrays = {f"v{i}": ops.convert_to_numpy(v) for i, v in enumerate(state_variables(model))}
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, step=np.int64(step), extra=np.array(json.dumps(extra or {})), **arrays)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(model, path: Path) -> tuple[int, dict]:
+    """Restore the variables; returns the step and the saved `extra`."""
+    variables = state_variables(model)
+    with np.load(path) as stored:
+        count = len(stored.files) - 2
+        if count != len(variables):
+            raise RunError(
+                f"{path} holds {count} variables, the model has {len(variables)}: it "
+                "belongs to another model. Delete it to start over."
+            )
+        for i, v in enumerate(variables):
+            v.assign(stored[f"v{i}"])
+        return int(stored["step"]), json.loads(str(stored["extra"]))
+
+
+def _read_results(path: Path, upto: int) -> list[dict]:
+    """The records of steps <= upto; a truncated last line (a killed run) is dropped."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record["step"] <= upto:
+            records.append(record)
+    return records
+
+
+def _peak_memory_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def build_model(recipe: recipes.Recipe, dataset):
+    import keras
+
+    from kdg import models
+
+    training = recipe.training
+    decoupled = training.weight_decay_mode == "decoupled"
+    keras.utils.set_random_seed(training.seed)
+    model = models.build(
+        recipe.model.backbone,
+        num_classes=dataset.num_classes,
+        input_shape=dataset.input_shape,
+        pretrained=recipe.model.pretrained,
+        dropout=recipe.model.dropout,
+        algorithm=recipes.build_algorithm(recipe.algorithm.model_dump(), training.steps),
+        freeze_bn=recipe.model.freeze_bn,
+        l2_weight_decay=0.0 if decoupled else training.weight_decay,
+        seed=training.seed,
+    )
+    optimizer_cls = {
+        "adam": keras.optimizers.Adam,
+        "adamw": keras.optimizers.AdamW,
+        "sgd": keras.optimizers.SGD,
+    }[training.optimizer]
+    kwargs = {"learning_rate": training.lr}
+    if decoupled and training.weight_decay:
+        kwargs["weight_decay"] = training.weight_decay
+    model.compile(
+        optimizer=optimizer_cls(**kwargs),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    model.optimizer.build(model.trainable_variables)
+    model._dg_build_algorithm()
+    return model
+
+
+def hparams(recipe: recipes.Recipe) -> dict:
+    """The hyperparameters a report groups runs by."""
+    out = {
+        "lr": recipe.training.lr,
+        "batch_size": recipe.training.batch_size,
+        "weight_decay": recipe.training.weight_decay,
+        "dropout": recipe.model.dropout,
+    }
+    for key, value in recipe.algorithm.model_dump().items():
+        if key != "name":
+            out[key] = value
+    return out
+
+
+def evaluate(model, dataset, batch_size: int) -> dict:
+    record = {}
+    for i in range(len(dataset.domains)):
+        for part in ("in", "out"):
+            split = dataset.split(i, part)
+            if len(split) == 0:
+                continue
+            batches = dataset.eval_batches(split, batch_size=batch_size)
+            result = model.evaluate(batches.dataset, verbose=0, return_dict=True)
+            record[f"env{i}_{part}_acc"] = float(result["accuracy"])
+            record[f"env{i}_{part}_loss"] = float(result["loss"])
+    return record
+
+
+class _Progress:
+    """A one-line progress bar with the loss and the diagnostics."""
+
+    def __init__(self, total: int, start: int, console):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        from rich.progress import TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            TimeRemainingColumn(), TextColumn("{task.fields[logs]}"),
+            console=console, transient=False, disable=console is None,
+        )
+        self.task = self.progress.add_task("train", total=total, completed=start, logs="")
+
+    def update(self, step: int, logs: dict) -> None:
+        text = " ".join(f"{k}={v:.4g}" for k, v in logs.items() if k != "accuracy")
+        self.progress.update(self.task, completed=step, logs=text)
+
+
+def run(recipe: recipes.Recipe, console=None) -> dict | None:
+    """Train (or resume) the run of a validated recipe. Returns the final
+    record, or None when the run had already finished."""
+    out = Path(recipe.output_dir)
+    say = console.print if console is not None else (lambda *a, **k: None)
+    if (out / "done").exists():
+        say(f"[green]{out} is finished[/]: nothing to do (delete {out / 'done'} to train again).")
+        return None
+    dataset = recipes.check_dataset(recipe)
+    saved = out / "recipe.yaml"
+    if saved.exists():
+        previous = recipes.validate(recipes.read_yaml(saved)).to_dict()
+        if previous != recipe.to_dict():
+            changed = [k for k in recipe.to_dict() if previous.get(k) != recipe.to_dict()[k]]
+            raise RunError(
+                f"{out} holds a run of a different recipe (sections that differ: "
+                f"{', '.join(changed)}). Choose another output_dir, or delete {out} to start over."
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    if not saved.exists():
+        _atomic_write(saved, recipes.dump(recipe).encode())
+
+    import tensorflow as tf
+
+    training = recipe.training
+    test_envs = sorted({dataset.domain_index(d) for d in recipe.dataset.test_domains})
+    train_envs = [i for i in range(len(dataset.domains)) if i not in test_envs]
+    model = build_model(recipe, dataset)
+
+    start, extra = 0, {}
+    if (out / CHECKPOINT).exists():
+        start, extra = load_checkpoint(model, out / CHECKPOINT)
+        say(f"resuming {out} from step {start}")
+    results_path = out / "results.jsonl"
+    kept = _read_results(results_path, start)
+    _atomic_write(results_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+    args = {
+        "dataset": dataset.name,
+        "algorithm": recipe.algorithm.name.lower(),
+        "test_envs": test_envs,
+        "hparams_seed": training.hparams_seed,
+        "trial_seed": training.trial_seed,
+        "seed": training.seed,
+        "output_dir": str(out),
+        "backbone": recipe.model.backbone,
+        "domains": list(dataset.domains),
+        "backend": recipe.backend,
+    }
+    params = hparams(recipe)
+    checkpoint_every = training.checkpoint_every or training.eval_every
+    min_size = min(len(dataset.split(i, "in")) for i in train_envs)
+    steps_per_epoch = max(min_size / training.batch_size, 1e-9)
+    writer = tf.summary.create_file_writer(str(out / "tensorboard"))
+
+    batches = dataset.train_batches(train_envs, batch_size=training.batch_size, seed=training.seed)
+    stream = iter(batches.dataset.skip(start))
+    progress = _Progress(training.steps, start, console)
+    # the training logs since the last evaluation, kept in the checkpoint so
+    # that a resumed run averages the same steps
+    interval_logs: dict[str, list[float]] = extra.get("interval_logs", {})
+    interval_time = extra.get("interval_time", 0.0)
+    interval_steps = extra.get("interval_steps", 0)
+    record = kept[-1] if kept else None
+    with progress.progress:
+        for step in range(start + 1, training.steps + 1):
+            began = time.perf_counter()
+            x, y = next(stream)
+            model.reset_metrics()  # the logs are this step's, not a running mean
+            logs = model.train_on_batch(x.numpy(), y.numpy(), return_dict=True)
+            interval_time += time.perf_counter() - began
+            interval_steps += 1
+            for key, value in logs.items():
+                interval_logs.setdefault(key, []).append(float(value))
+            progress.update(step, logs)
+            if step % training.eval_every and step % checkpoint_every and step != training.steps:
+                continue
+            if step % training.eval_every == 0 or step == training.steps:
+                step_time = interval_time / max(interval_steps, 1)
+                record = {"step": step, "epoch": step / steps_per_epoch}
+                for key, values in interval_logs.items():
+                    finite = [v for v in values if not math.isnan(v)]
+                    record[key] = (sum(finite) / len(finite)) if finite else None
+                record.update(evaluate(model, dataset, training.eval_batch_size))
+                record.update(step_time=step_time, mem_gb=_peak_memory_gb(), args=args,
+                              hparams=params)
+                with open(results_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                with writer.as_default(step=step):
+                    for key, value in record.items():
+                        if isinstance(value, (int, float)) and key != "step":
+                            tf.summary.scalar(key, value)
+                writer.flush()
+                test_acc = [record.get(f"env{i}_in_acc") for i in test_envs]
+                say(f"step {step}: loss {record.get('loss') or float('nan'):.4f}, test-domain "
+                    f"accuracy {', '.join(f'{a:.3f}' for a in test_acc)}")
+                interval_logs, interval_steps, interval_time = {}, 0, 0.0
+            save_checkpoint(model, out / CHECKPOINT, step, {
+                "interval_logs": interval_logs, "interval_time": interval_time,
+                "interval_steps": interval_steps,
+            })
+
+    tmp = out / "model.tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, out / "model.keras")
+    _atomic_write(out / "done", (json.dumps(record) + "\n").encode())
+    say(f"[green]done[/]: {out}")
+    return record
