@@ -58,7 +58,7 @@ def test_builds_offline_and_gives_logits(name):
     assert not any(v.path.startswith("classifier/")
                    for v in model.trainable_variables[:-2])
     assert model.get_layer("classifier").activation is keras.activations.linear
-    assert kdg.models.features_dim(model) == kdg.models.features_dim(name)
+    assert kdg.models.features_dim(model) == kdg.models.features_dim(name, SMALL[name])
 
 
 def test_resnet18_has_torchvision_parameter_count():
@@ -190,13 +190,25 @@ def test_mlp_matches_domainbed():
 
 
 def test_dropout_rate_and_options():
-    model = kdg.models.build("small_cnn", 4, (16, 16, 3), dropout=0.25, seed=3,
+    model = kdg.models.build("small_cnn", 10, (16, 16, 1), dropout=0.25, seed=3,
                              algorithm="fish", l2_weight_decay=1e-4, freeze_bn=False,
-                             cnn_filters=(8, 16))
+                             cnn_filters=(32, 64))
     assert model.get_layer("dropout").rate == 0.25
     assert type(model.algorithm).__name__ == "Fish"
     assert model.l2_weight_decay == 1e-4 and model.freeze_bn is False and model.seed == 3
-    assert kdg.models.features_dim(model) == 16
+    # 16 x 16 -> 8 x 8 -> 4 x 4 maps of 64 filters, flattened
+    assert kdg.models.features_dim(model) == 4 * 4 * 64
+    with pytest.raises(ValueError, match="multiples of 8"):
+        kdg.models.build("small_cnn", 4, (16, 16, 3), cnn_filters=(8, 12))
+
+
+def test_small_cnn_is_small():
+    # conv1 1*9*32 + 32 = 320, GroupNorm 64; conv2 32*9*64 + 64 = 18,496,
+    # GroupNorm 128: 19,008 parameters, and 4 * 4 * 64 = 1,024 features
+    model = built("small_cnn", 10, (16, 16, 1))
+    assert count(model.get_layer("backbone").weights) == 19_008
+    assert kdg.models.features_dim(model) == 1_024
+    assert count(model.trainable_weights) == 19_008 + 1_024 * 10 + 10
 
 
 def test_unknown_backbone_suggests_the_closest():

@@ -99,8 +99,9 @@ def test_resnet_preset_of_the_wrong_architecture_is_refused(saved_tiny, tmp_path
 def test_kagglehub_cache_is_used_offline(saved_tiny):
     """A built-in preset downloaded before (complete in kagglehub's cache,
     here the empty KAGGLEHUB_CACHE of conftest.py) loads with KDG_OFFLINE=1."""
-    from kagglehub.cache import Cache, get_cached_path
-    from kagglehub.handle import parse_model_handle
+    cache = pytest.importorskip("kagglehub.cache")
+    parse_model_handle = pytest.importorskip("kagglehub.handle").parse_model_handle
+    Cache, get_cached_path = cache.Cache, cache.get_cached_path
 
     backbone, _ = saved_tiny
     name = "resnet_vd_18_imagenet"  # any built-in preset name
@@ -134,6 +135,8 @@ def test_missing_preset_dir_is_one_clear_error(tmp_path):
         kdg.models.build("resnet18", 7, (32, 32, 3), preset_dir=tmp_path)
     with pytest.raises(presets.PresetNotFoundError, match="not a keras-hub preset"):
         kdg.models.build(str(tmp_path), 7, (32, 32, 3))
+    with pytest.raises(presets.PresetNotFoundError, match="does not exist"):
+        kdg.models.build(str(tmp_path / "nowhere"), 7, (32, 32, 3))
 
 
 def test_hub_failure_is_one_clear_error(monkeypatch):

@@ -7,6 +7,7 @@ import keras_hub
 import numpy as np
 import pytest
 
+import kdg
 import kdg.models
 
 
@@ -80,3 +81,16 @@ def test_mnist_cnn_trains_one_step():
     train_one_step(model, *batch((14, 14, 2), num_domains=3, classes=2))
     after = snapshot(model.trainable_variables)
     assert all(not np.array_equal(a, b) for a, b in zip(before, after))
+
+
+def test_saved_model_loads_back(tiny_preset, tmp_path):
+    """A built model (keras-hub backbone inside) round-trips through .keras."""
+    model = kdg.models.build(tiny_preset, 3, (16, 16, 3), algorithm="fish", dropout=0.1, seed=1)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, kdg.DGModel) and loaded.freeze_bn is True
+    assert type(loaded.algorithm).__name__ == "Fish"
+    x = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)),
+                               keras.ops.convert_to_numpy(model(x)), rtol=1e-6, atol=1e-6)
