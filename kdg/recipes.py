@@ -242,14 +242,11 @@ def build_algorithm(config: dict, total_steps: int | None = None):
 
 
 def _check_backbone(backbone: str, problems: list[str]) -> None:
-    from kdg.models import BACKBONES
+    from kdg.models.backbones import BACKBONES, is_preset, unknown_backbone
 
-    if backbone in BACKBONES or "/" in backbone or "_" in backbone or Path(backbone).exists():
-        return  # a built-in, a keras-hub preset name or a local preset directory
-    problems.append(
-        f"model.backbone: unknown backbone {backbone!r}; built in: {', '.join(BACKBONES)}, "
-        f"or any keras-hub preset name or local preset directory.{_suggest(backbone, BACKBONES)}"
-    )
+    if backbone in BACKBONES or is_preset(backbone):
+        return  # a built-in, a keras-hub preset name or handle, a local preset
+    problems.append(f"model.backbone: {unknown_backbone(backbone)}")
 
 
 def validate(config: dict) -> Recipe:
