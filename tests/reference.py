@@ -89,7 +89,7 @@ def fish_step(params, x, y, inner_step, meta_lr):
 
 
 def corgrad_update(per_domain, n_parts=10, alpha=0.6, smoothing=True,
-                   granularity="layer", tie=1e-5):
+                   granularity="layer", tie=1e-5, projection="sequential"):
     """The summed CorGrad update from per-domain gradients [[dW, db] per d].
 
     Written as the reference code loops: per layer, per chunk of the output
@@ -123,7 +123,10 @@ def corgrad_update(per_domain, n_parts=10, alpha=0.6, smoothing=True,
                 for p in range(num):
                     if p == i:
                         continue
-                    a, b = h[i][v][ch], h[p][v][ch]
+                    a = h[i][v][ch]
+                    # pcgrad (D = 2 here): against the other's original gradient
+                    source = per_domain if projection == "pcgrad" else h
+                    b = np.asarray(source[p][v], np.float64)[ch]
                     dot = np.sum(a * b)
                     considered += 1
                     b_orig = np.asarray(per_domain[p][v], np.float64)[ch]

@@ -122,6 +122,58 @@ def test_corgrad_matches_reference(options):
     np.testing.assert_allclose(logs["grad_cos_mean"], cos.mean(), rtol=1e-5, atol=1e-6)
 
 
+def test_corgrad_log_decay_schedule_and_pcgrad_projection(params):
+    x, y = make_data(num_domains=2, classes=8, seed=4)
+    params = init_params(classes=8)
+    total = 10
+    model = softmax_regression(
+        CorGrad(n_parts=2, alpha=0.8, alpha_schedule="log_decay", total_steps=total,
+                projection="pcgrad"), params, keras.optimizers.SGD(0.1))
+    train(model, x, y, 3)
+    current = params
+    for t in range(3):
+        alpha_t = 0.8 * max(1 - np.log(t + 1) / np.log(total), 0)
+        per_domain = [g for _, g in ref.domain_grads(current, x, y)]
+        update, *_ = ref.corgrad_update(per_domain, n_parts=2, alpha=alpha_t, projection="pcgrad")
+        current = ref.sgd(current, update, 0.1)
+    for got, want in zip(weights(model), current):
+        np.testing.assert_allclose(got, want, **TOL)
+
+
+def test_corgrad_kernels_only_leaves_other_variables_summed(data):
+    """layers="kernels": a BatchNorm gamma/beta gets the plain sum of the
+    per-domain gradients; the kernels are still corrected."""
+    x, y = data
+    inputs = keras.Input((5,))
+    h = keras.layers.BatchNormalization(name="bn")(inputs)
+    outputs = keras.layers.Dense(4, name="head")(h)
+    model = __import__("kdg").DGModel(
+        inputs, outputs, algorithm=CorGrad(n_parts=1, layers="kernels", smoothing=False),
+        freeze_bn=True)
+    model.compile(optimizer=keras.optimizers.SGD(1.0),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    start = {v.path: np.array(v) for v in model.trainable_variables}
+    model.train_on_batch(x, y)
+    after = {v.path: np.array(v) for v in model.trainable_variables}
+    # the sum of per-domain gradients of gamma and beta, from a plain ERM-like
+    # model: frozen BN in inference mode is z = gamma * x / sqrt(1 + eps) + beta
+    gamma, beta = start["bn/gamma"], start["bn/beta"]
+    kernel, bias = start["head/kernel"], start["head/bias"]
+    scale = gamma / np.sqrt(1 + 1e-3)
+    g_gamma = np.zeros_like(gamma)
+    g_beta = np.zeros_like(beta)
+    for d in range(3):
+        z = x[d] * scale + beta
+        _, (gk, gb) = ref.loss_and_grads([kernel, bias], z, y[d])
+        p = ref.softmax(z @ kernel + bias)
+        dlogits = p.copy(); dlogits[np.arange(len(y[d])), y[d]] -= 1; dlogits /= len(y[d])
+        dz = dlogits @ kernel.T
+        g_gamma += (dz * x[d] / np.sqrt(1 + 1e-3)).sum(0)
+        g_beta += dz.sum(0)
+    np.testing.assert_allclose(after["bn/gamma"], gamma - g_gamma, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(after["bn/beta"], beta - g_beta, rtol=1e-5, atol=1e-5)
+
+
 def test_corgrad_projects_conflicts_and_smooths_an_outlier():
     """A hand computation, one chunk, two domains with opposed gradients
     plus a dominant third."""
@@ -250,6 +302,18 @@ def test_gga_search_invariants(data):
     np.testing.assert_array_equal(after[3], before[3])
     assert np.abs(after[0] - before[0]).max() > 0
     assert np.abs(after[0] - before[0]).max() <= 0.01 * 60
+
+
+def test_gga_metropolis_accepts_worse_points_at_high_temperature(data):
+    x, y = data
+    greedy = two_layer(GGA(start_step=0, end_step=0, trials=30, rho=0.01))
+    hot = two_layer(GGA(start_step=0, end_step=0, trials=30, rho=0.01, temperature=1e6, cooling=1.0))
+    logs_greedy = train(greedy, x, y, 1)
+    logs_hot = train(hot, x, y, 1)
+    # at a huge temperature every candidate within the loss tolerance is
+    # accepted, so the search restarts from theta0 after each trial
+    assert logs_hot["gga_accepted"] > logs_greedy["gga_accepted"]
+    assert logs_hot["gga_accepted"] == 30
 
 
 def test_gga_tolerance_zero_rejects_loss_increases(data):
