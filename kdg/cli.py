@@ -220,6 +220,9 @@ def check(name, root, no_decode):
         _fail(error)
     click.echo(data_lib.format_report(report))
     if not report.ok:
+        info = data_lib.get_info(name) if name in data_lib.dataset_names() else None
+        if info is not None and info.downloadable:
+            click.echo(f"To fetch it: kdg data download {info.name} --root DIR")
         sys.exit(1)
 
 

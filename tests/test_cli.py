@@ -125,3 +125,20 @@ def test_help_shows_examples(command):
     result = kdg(*command, "--help")
     assert result.returncode == 0
     assert "Example" in result.stdout
+
+
+def test_data_check_reports_counts_and_corrupt_images(tmp_path):
+    from test_recipes import fake_layout
+
+    root = fake_layout(tmp_path, "VLCS")
+    bad = tmp_path / "VLCS" / "SUN09" / "class_002" / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    result = kdg("data", "check", "VLCS", "--root", str(root))
+    assert result.returncode == 1
+    assert "broken.jpg" in result.stdout
+    assert "Caltech101" in result.stdout and "VOC2007" in result.stdout
+    bad.unlink()
+    assert kdg("data", "check", "VLCS", "--root", str(root)).returncode == 0
+    missing = kdg("data", "check", "VLCS", "--root", str(tmp_path / "nowhere"))
+    assert missing.returncode == 1 and "does not exist" in missing.stdout
+    assert "kdg data download VLCS --root" in missing.stdout
