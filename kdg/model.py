@@ -83,10 +83,6 @@ class DGModel(backend.TrainStep, keras.Model):
                 "subclass, inherit from kdg.FunctionalDGModel instead."
             )
         super().__init__(*args, **kwargs)
-        self.algorithm = algorithms_lib.get(algorithm)
-        self.freeze_bn = bool(freeze_bn)
-        self.l2_weight_decay = float(l2_weight_decay)
-        self.seed = seed
         self.dg_seed_generator = keras.random.SeedGenerator(
             seed, name="dg_seed_generator"
         )
@@ -95,6 +91,19 @@ class DGModel(backend.TrainStep, keras.Model):
         )
         self._dg_algorithm_built = False
         self._dg_pending_algorithm_values = None
+        self._dg_configure(algorithm, freeze_bn, l2_weight_decay, seed)
+
+    def _dg_configure(self, algorithm=None, freeze_bn=False, l2_weight_decay=0.0,
+                      seed=None):
+        self.algorithm = algorithms_lib.get(algorithm)
+        self.freeze_bn = bool(freeze_bn)
+        self.l2_weight_decay = float(l2_weight_decay)
+        self.seed = seed
+        if seed is not None:
+            self.dg_seed_generator.state.assign(
+                ops.cast(ops.convert_to_tensor([seed, 0]),
+                         self.dg_seed_generator.state.dtype)
+            )
 
     # -- state -------------------------------------------------------------
     def _dg_model_state_variables(self):
@@ -294,18 +303,6 @@ class FunctionalDGModel(DGModel, Functional):
         model = functional_from_config(cls, config, custom_objects=custom_objects)
         model._dg_configure(**dg)
         return model
-
-    def _dg_configure(self, algorithm=None, freeze_bn=False, l2_weight_decay=0.0,
-                      seed=None):
-        self.algorithm = algorithms_lib.get(algorithm)
-        self.freeze_bn = bool(freeze_bn)
-        self.l2_weight_decay = float(l2_weight_decay)
-        if seed is not None:
-            self.seed = seed
-            self.dg_seed_generator.state.assign(
-                ops.cast(ops.convert_to_tensor([seed, 0]),
-                         self.dg_seed_generator.state.dtype)
-            )
 
 
 @keras.saving.register_keras_serializable(package="kdg")

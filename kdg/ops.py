@@ -40,7 +40,3 @@ def cosine_stats(stacked):
     """(min, mean) of the pairwise cosines."""
     cos = pairwise_cosines(stacked)
     return ops.min(cos), ops.mean(cos)
-
-
-def tree_add(a, b, scale=1.0):
-    return [x + scale * y for x, y in zip(a, b)]
