@@ -141,13 +141,12 @@ class DGModel(backend.TrainStep, keras.Model):
         values = [store[f"algorithm_{i}"] for i in range(len(keys))]
         own = {k: store[k] for k in store.keys() if not k.startswith("algorithm_")}
         super().load_own_variables(own)
-        if values:
-            self._dg_pending_algorithm_values = [
-                keras.ops.convert_to_numpy(v) for v in values
-            ]
-            if self._dg_algorithm_built:
-                self._dg_algorithm_built = False
-                self._dg_build_algorithm()
+        values = [keras.ops.convert_to_numpy(v) for v in values]
+        if values and self._dg_algorithm_built:
+            for v, value in zip(self.algorithm.variables, values):
+                v.assign(value)
+        elif values:  # assigned when the algorithm is built
+            self._dg_pending_algorithm_values = values
 
     def _dg_batch_dependent(self):
         """True if a layer computes statistics across the batch in training
