@@ -1,0 +1,266 @@
+"""The benchmark's worker for the plain PyTorch reference.
+
+    python -m kdg.bench.reference CONFIG.json OUT.json
+
+Times `benchmarks/torch_reference.py` (each algorithm written the way the
+authors' code is: eager, one backward per domain, Python loops) on the same
+network shape, the same synthetic batch and the same machine as the kdg
+workers (`kdg.bench.run`), and writes the same JSON record per algorithm.
+
+`torch_reference.py` is loaded from the repository's `benchmarks/` folder
+(it is not part of the installed package). It has DomainBed's MNIST_CNN;
+the ResNets are built here, torchvision's layout, with BatchNorm frozen as
+DomainBed's `freeze_bn` does (and as `kdg.models.build` does by default).
+
+CorGrad runs with `tie_tol=0.0`, the reference's literal loop. "gga_eval"
+times `GGA._measure`, what the reference evaluates once per trial.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+from kdg.bench import measure
+
+#: the annealing window that holds every benchmarked step
+ALWAYS = 2 ** 30
+NAMES = {"erm": "ERM", "fish": "Fish", "corgrad": "CorGrad", "ggal": "GGAL", "gga": "GGA"}
+
+
+def reference_path():
+    """benchmarks/torch_reference.py of the checkout kdg runs from."""
+    here = Path(__file__).resolve().parents[2] / "benchmarks" / "torch_reference.py"
+    env = os.environ.get("KDG_TORCH_REFERENCE")
+    path = Path(env) if env else here
+    if not path.exists():
+        raise FileNotFoundError(
+            f"The PyTorch reference is not at {path}: it lives in the kdg repository's "
+            "benchmarks/ folder, which an installed (non-editable) kdg does not carry. "
+            "Run kdg bench from a checkout, or set KDG_TORCH_REFERENCE to the file."
+        )
+    return path
+
+
+def load_reference():
+    """benchmarks/torch_reference.py as a module (benchmarks/ is no package)."""
+    name = "kdg_bench_torch_reference"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, reference_path())
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- ResNets (torchvision's layout; keras-hub's ResNetBackbone is the same network) ----
+
+def _resnet(depth):
+    import torch.nn as nn
+
+    class Basic(nn.Module):
+        expansion = 1
+
+        def __init__(self, cin, width, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, width, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(width)
+            self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(width)
+            self.down = None
+            if stride != 1 or cin != width:
+                self.down = nn.Sequential(nn.Conv2d(cin, width, 1, stride, bias=False),
+                                          nn.BatchNorm2d(width))
+
+        def forward(self, x):
+            out = self.bn2(self.conv2(nn.functional.relu(self.bn1(self.conv1(x)))))
+            return nn.functional.relu(out + (x if self.down is None else self.down(x)))
+
+    class Bottleneck(nn.Module):
+        expansion = 4
+
+        def __init__(self, cin, width, stride):
+            super().__init__()
+            out = width * 4
+            self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(width)
+            self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(width)
+            self.conv3 = nn.Conv2d(width, out, 1, bias=False)
+            self.bn3 = nn.BatchNorm2d(out)
+            self.down = None
+            if stride != 1 or cin != out:
+                self.down = nn.Sequential(nn.Conv2d(cin, out, 1, stride, bias=False),
+                                          nn.BatchNorm2d(out))
+
+        def forward(self, x):
+            relu = nn.functional.relu
+            h = relu(self.bn1(self.conv1(x)))
+            h = relu(self.bn2(self.conv2(h)))
+            h = self.bn3(self.conv3(h))
+            return relu(h + (x if self.down is None else self.down(x)))
+
+    block, blocks = {18: (Basic, (2, 2, 2, 2)), 50: (Bottleneck, (3, 4, 6, 3))}[depth]
+
+    class ResNet(nn.Module):
+        def __init__(self, channels):
+            super().__init__()
+            self.stem = nn.Sequential(
+                nn.Conv2d(channels, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                nn.MaxPool2d(3, 2, 1))
+            layers, cin = [], 64
+            for i, (width, count) in enumerate(zip((64, 128, 256, 512), blocks)):
+                for j in range(count):
+                    layers.append(block(cin, width, 2 if (i > 0 and j == 0) else 1))
+                    cin = width * block.expansion
+            self.layers = nn.Sequential(*layers)
+            self.n_outputs = cin
+
+        def forward(self, x):
+            return self.layers(self.stem(x)).mean(dim=(2, 3))
+
+        def train(self, mode=True):
+            # DomainBed's freeze_bn: BatchNorm stays in inference mode.
+            super().train(mode)
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+            return self
+
+    return ResNet
+
+
+def build_network(config, ref):
+    import torch
+    import torch.nn as nn
+
+    torch.manual_seed(int(config["seed"]))
+    size, channels = int(config["image_size"]), int(config["channels"])
+    classes = int(config["num_classes"])
+    model = config["model"]
+    if model == "mnist_cnn":
+        return ref.mnist_cnn(input_shape=(size, size, channels), num_classes=classes)
+    if model in ("resnet18", "resnet50"):
+        features = _resnet(int(model[len("resnet"):]))(channels)
+        return ref.Classifier(features, nn.Linear(features.n_outputs, classes))
+    raise ValueError(f"The PyTorch reference has no network for {model!r}; "
+                     "it has mnist_cnn, resnet18 and resnet50.")
+
+
+def make_algorithm(name, config, network, ref):
+    hparams = {"lr": float(config["lr"])}
+    if name == "corgrad":
+        hparams["tie_tol"] = 0.0  # the reference's literal loop
+    if name in ("gga", "gga_eval"):
+        hparams.update(start_step=0, end_step=ALWAYS, trials=int(config["gga_trials"]),
+                       rho=1e-5)
+        return ref.make_algorithm("GGA", network, hparams)
+    return ref.make_algorithm(NAMES[name], network, hparams)
+
+
+def measure_algorithm(name, config, x, y, ref):
+    import torch
+
+    gga = name == "gga"
+    repeats = int(config["gga_repeats"] if gga else config["repeats"])
+    warmup = int(config["gga_warmup"] if gga else config["warmup"])
+    base_mb = measure.rss_mb()
+    network = build_network(config, ref)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    network.to(device)
+    algo = make_algorithm(name, config, network, ref)
+    xt = torch.as_tensor(x, device=device)
+    yt = torch.as_tensor(y, device=device).long()
+    if name == "gga_eval":
+        network.train()
+
+        def step():
+            s, loss = algo._measure(xt, yt)
+            return {"loss": loss}
+    else:
+        def step():
+            return algo.update(xt, yt)
+
+    first_s, logs = measure.time_call(step)
+    losses = [float(logs["loss"])]
+    for _ in range(warmup):
+        losses.append(float(step()["loss"]))
+    measure.reset_peak()
+    times = []
+    for _ in range(repeats):
+        seconds, logs = measure.time_call(step)
+        times.append(seconds)
+        losses.append(float(logs["loss"]))
+    peak = measure.peak_mb()
+    stats = measure.summarize(times)
+    record = {
+        "algorithm": name,
+        "first_step_s": first_s,
+        "compile_s": max(first_s - stats["median_s"], 0.0),
+        **stats,
+        "base_rss_mb": base_mb,
+        "peak_rss_mb": peak,
+        "peak_over_base_mb": None if peak is None or base_mb is None else peak - base_mb,
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "finite": all(map(lambda v: v == v and abs(v) != float("inf"), losses)),
+    }
+    if gga:
+        record["trials"] = int(config["gga_trials"])
+    params = sum(p.numel() for p in network.parameters() if p.requires_grad)
+    return record, params
+
+
+def run(config):
+    import numpy as np
+    import torch
+
+    ref = load_reference()
+    x, y = measure.make_batch(int(config["domains"]), int(config["batch"]),
+                              int(config["image_size"]), int(config["channels"]),
+                              int(config["num_classes"]), int(config["seed"]))
+    x = np.ascontiguousarray(x.transpose(0, 1, 4, 2, 3))  # channels first
+    names = list(config["algorithms"])
+    if "gga" in names and "gga_eval" not in names:
+        names.insert(names.index("gga"), "gga_eval")
+    gpu = torch.cuda.is_available()
+    result = {
+        "runner": "reference",
+        "backend": "torch (plain)",
+        "device": "gpu" if gpu else "cpu",
+        "device_name": (torch.cuda.get_device_name(0) if gpu
+                        else f"CPU, {torch.get_num_threads()} threads"),
+        "versions": {"torch": torch.__version__, "numpy": np.__version__},
+        "memory_measured": measure.memory_supported(),
+        "load_before": os.getloadavg()[0],
+        "algorithms": {},
+    }
+    if config.get("framework_warmup", True):
+        # PyTorch's one-time start-up is not any algorithm's cost.
+        measure_algorithm("erm", dict(config, repeats=1, warmup=0), x, y, ref)
+    for name in names:
+        record, params = measure_algorithm(name, config, x, y, ref)
+        result["algorithms"][name] = record
+        result.setdefault("params", params)
+        result.setdefault("param_mb", params * 4 / 2 ** 20)
+    result["load_after"] = os.getloadavg()[0]
+    return result
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        raise SystemExit("usage: python -m kdg.bench.reference CONFIG.json OUT.json")
+    with open(argv[0]) as f:
+        config = json.load(f)
+    result = run(config)
+    with open(argv[1], "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""`kdg bench`: the CI smoke test (`kdg bench --quick`: every algorithm on the
+three backends and the PyTorch reference) and the arithmetic of its report.
+
+These tests check the output's structure and the numbers' sanity (present,
+positive, finite), never timings: they say nothing about speed.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from kdg.bench import measure, report, suite
+from kdg.bench.report import BEGIN, END, LABELS
+
+BACKEND = keras.backend.backend()
+NAMES = set(suite.ALGORITHMS) | {"gga_eval"}
+
+
+# -- the smoke test ------------------------------------------------------------------------
+
+@pytest.mark.skipif(BACKEND != "jax",
+                    reason="runs every backend itself: once per test run, in the jax session")
+def test_quick_bench_runs_every_algorithm_on_every_backend(tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run(
+        [sys.executable, "-c", "from kdg.bench.cli import bench; bench()", "--quick",
+         "--json", str(tmp_path / "results.json"), "--results", str(tmp_path / "RESULTS.md")],
+        env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+
+    assert report.problems(results, runners=suite.DEFAULT_RUNNERS) == []
+    (entry,) = results["scenarios"]
+    assert set(entry["runs"]) == {"jax", "tensorflow", "torch", "reference"}
+    for runner, run in entry["runs"].items():
+        assert set(run["algorithms"]) == NAMES, runner
+        assert run["params"] == 371_850  # DomainBed's MNIST_CNN, 10 classes
+        for name, record in run["algorithms"].items():
+            for key in ("median_s", "q1_s", "q3_s", "min_s", "max_s", "first_step_s"):
+                assert math.isfinite(record[key]) and record[key] > 0, (runner, name, key)
+            assert record["min_s"] <= record["median_s"] <= record["max_s"]
+            assert len(record["times_s"]) == record["n"]
+            assert record["finite"], (runner, name)
+        assert run["algorithms"]["gga"]["trials"] == entry["config"]["gga_trials"]
+        costs = report.gga_costs(run)
+        assert math.isfinite(costs["per_trial_s"]) and costs["eval_s"] > 0
+
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert text.count(BEGIN) == 1 and text.count(END) == 1
+    for heading in ("## CPU", "## GPU", "Time per step", "Ratio to ERM", "PyTorch reference",
+                    "Compile time", "Peak memory", "GGA inside its window", "Targets"):
+        assert heading in text
+    for label in LABELS.values():
+        assert label in text
+    assert "| ERM |" in proc.stdout  # the tables are printed too
+
+
+# -- the report's arithmetic, on made-up numbers ------------------------------------------
+
+def _record(median, compile_s=1.0, peak=100.0, **extra):
+    times = [median * 0.9, median, median * 1.1]
+    return dict(measure.summarize(times), first_step_s=median + compile_s, compile_s=compile_s,
+                base_rss_mb=1000.0, peak_rss_mb=1000.0 + peak, peak_over_base_mb=peak,
+                loss_first=2.0, loss_last=1.9, finite=True, **extra)
+
+
+def _run(medians, device="cpu", **extra):
+    algorithms = {}
+    for name, median in medians.items():
+        more = {"trials": 4} if name == "gga" else {}
+        algorithms[name] = _record(median, **more)
+    return dict(runner="x", device=device, device_name="CPU", versions={"keras": "3"},
+                memory_measured=True, params=1000, param_mb=4.0, algorithms=algorithms,
+                **extra)
+
+
+def _results(model="mnist_cnn"):
+    config = suite.scenario(model, quick=True)
+    kdg = {"erm": 0.100, "fish": 0.110, "corgrad": 0.130, "ggal": 0.105, "gga_eval": 0.080,
+           "gga": 0.100 + 0.080 + 4 * 0.084}
+    ref = {"erm": 0.100, "fish": 0.120, "corgrad": 0.500, "ggal": 0.300, "gga_eval": 0.150,
+           "gga": 1.0}
+    return {"command": "kdg bench --quick", "started": "today", "wall_s": 60.0,
+            "machine": measure.machine(), "load_before": 0.1, "load_after": 0.2,
+            "scenarios": [{"config": config,
+                           "runs": {"jax": _run(kdg), "reference": _run(ref)}}]}
+
+
+def test_gga_costs():
+    costs = report.gga_costs(_run({"erm": 0.1, "gga_eval": 0.08, "gga": 0.1 + 0.08 + 4 * 0.084}))
+    assert costs["per_trial_s"] == pytest.approx(0.084)
+    assert costs["trial_over_eval"] == pytest.approx(1.05)
+    assert costs["step_over_t_evals"] == pytest.approx((0.18 + 0.336) / 0.32)
+    fixed = 0.18
+    assert costs["projected_ratio"] == pytest.approx((fixed + 250 * 0.084) / (250 * 0.08))
+    assert report.gga_costs(_run({"erm": 0.1})) is None
+
+
+def test_targets_verdicts():
+    rows = {(t, w): (v, ok) for t, w, v, ok in report.targets(_results()["scenarios"][0])}
+    assert rows[("Fish step <= 1.15x ERM's", "jax")] == ("1.10x", True)
+    assert rows[("CorGrad step <= 1.2x ERM's", "jax")][1] is False  # 1.30x
+    assert rows[("GGA-L step <= 1.2x ERM's", "jax")][1] is True
+    assert rows[("GGA-L: kdg's ratio to ERM <= the reference's", "jax")] == ("1.05x vs 3.00x",
+                                                                              True)
+    assert rows[("GGA: cost per trial <= 1.1x one evaluation", "jax")] == ("1.05x", True)
+    assert rows[("GGA-L: fastest backend <= 1.0x (faster) the reference", "jax")][1] is True
+    assert not any("compile" in t for t, _ in rows)  # only for the ResNets
+
+
+def test_compile_target_on_resnets():
+    results = _results("resnet18")
+    runs = results["scenarios"][0]["runs"]
+    runs["jax"]["algorithms"]["corgrad"]["compile_s"] = 2.5
+    rows = {(t, w): ok for t, w, _, ok in report.targets(results["scenarios"][0])}
+    assert rows[("CorGrad compile <= 2.0x ERM's (resnet18)", "jax")] is False
+
+
+def test_markdown_tables():
+    text = report.markdown(_results())
+    assert "kdg bench --quick" in text and "## CPU" in text
+    assert "No GPU was available to this run" in text
+    assert "| Fish | 1.10x | 1.20x |" in text          # ratio to ERM, kdg and reference
+    assert "| CorGrad | 0.26x |" in text               # kdg / reference
+    assert "| ERM | 100 [95–105] | 100 [95–105] |" in text
+    assert "(+0.0)" in text                            # memory over ERM, in weight copies
+
+
+def test_gpu_section_when_a_runner_used_one():
+    results = _results()
+    results["scenarios"][0]["runs"]["jax"]["device"] = "gpu"
+    text = report.markdown(results)
+    gpu = text[text.index("## GPU"):]
+    assert "No GPU" not in gpu and "### mnist_cnn" in gpu
+
+
+def test_problems_flags_what_is_missing_or_not_finite():
+    results = _results()
+    assert report.problems(results, runners=["jax", "reference"]) == []
+    assert report.problems(results, runners=["jax", "torch"]) == ["mnist_cnn: runner torch missing"]
+    results["scenarios"][0]["runs"]["jax"]["algorithms"]["fish"]["median_s"] = float("nan")
+    del results["scenarios"][0]["runs"]["reference"]["algorithms"]["gga"]
+    found = report.problems(results)
+    assert "mnist_cnn/jax/fish: median_s=nan" in found
+    assert "mnist_cnn/reference: gga missing" in found
+    results["scenarios"][0]["runs"]["jax"] = {"runner": "jax", "error": "exit 1: boom"}
+    assert any("failed" in p for p in report.problems(results))
+    assert report.problems({"scenarios": []}) == ["no scenarios"]
+
+
+def test_write_results_keeps_the_text_around_the_numbers(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    report.write_results(path, _results())
+    first = path.read_text()
+    assert first.startswith("# kdg benchmark results") and BEGIN in first
+    path.write_text(first.replace(BEGIN, "Intro by hand.\n\n" + BEGIN) + "\n## Analysis\n\nKept.\n")
+    results = _results()
+    results["command"] = "kdg bench --again"
+    report.write_results(path, results)
+    second = path.read_text()
+    assert "Intro by hand." in second and "## Analysis\n\nKept." in second
+    assert "kdg bench --again" in second and "kdg bench --quick`" not in second
+    assert second.count(BEGIN) == 1
+
+
+# -- the pieces ------------------------------------------------------------------------------
+
+def test_scenarios():
+    config = suite.scenario("resnet18", batch=16, image_size=48)
+    assert (config["image_size"], config["channels"], config["batch"]) == (48, 3, 16)
+    assert suite.scenario("mnist_cnn", quick=True)["batch"] == 4
+    with pytest.raises(ValueError, match="models"):
+        suite.scenario("vgg")
+    with pytest.raises(ValueError, match="Unknown algorithm"):
+        suite.scenario(algorithms=["erm", "irm"])
+    with pytest.raises(ValueError, match="2 domains"):
+        suite.scenario(domains=1)
+    with pytest.raises(ValueError, match="Unknown runner"):
+        suite.run_suite([suite.scenario()], runners=["mxnet"])
+
+
+def test_measure_helpers():
+    x, y = measure.make_batch(3, 4, 8, 2, 5, seed=1)
+    assert x.shape == (3, 4, 8, 8, 2) and x.dtype == np.float32
+    assert y.shape == (3, 4) and y.dtype == np.int32 and y.max() < 5
+    np.testing.assert_array_equal(x, measure.make_batch(3, 4, 8, 2, 5, seed=1)[0])
+    stats = measure.summarize([3.0, 1.0, 2.0, 4.0])
+    assert (stats["median_s"], stats["min_s"], stats["max_s"]) == (2.5, 1.0, 4.0)
+    assert stats["q1_s"] <= stats["median_s"] <= stats["q3_s"]
+    if measure.memory_supported():
+        base = measure.reset_peak()
+        block = np.ones(50 * 2 ** 20 // 8)  # 50 MB, touched
+        assert measure.peak_mb() >= base + 40
+        del block
+    assert measure.machine()["cores"] >= 1
+
+
+def test_reference_networks_have_kdg_shapes():
+    torch = pytest.importorskip("torch")  # noqa: F841
+    from kdg.bench import reference
+
+    ref = reference.load_reference()
+    assert hasattr(ref, "make_algorithm")
+    counts = {}
+    for model, channels in (("mnist_cnn", 1), ("resnet18", 3), ("resnet50", 3)):
+        config = dict(suite.scenario(model), channels=channels, num_classes=7)
+        net = reference.build_network(config, ref)
+        counts[model] = sum(p.numel() for p in net.featurizer.parameters())
+    # MNIST_CNN; torchvision's ResNet-18 / ResNet-50 without fc (kdg.models.backbones)
+    assert counts == {"mnist_cnn": 370_560, "resnet18": 11_176_512, "resnet50": 23_508_032}
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="PyTorch runs eagerly: no traced step")
+def test_gga_search_is_one_loop_in_the_traced_step():
+    from kdg.algorithms import GGA
+    from kdg.bench import run
+
+    inputs = keras.Input((6, 6, 1))
+    h = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    outputs = keras.layers.Dense(3, name="head")(h)
+    import kdg
+
+    model = kdg.DGModel(inputs, outputs, algorithm=GGA(start_step=0, trials=5), seed=0)
+    model.compile(optimizer="adam",
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = measure.make_batch(2, 4, 6, 1, 3)
+    model.train_on_batch(x, y)
+    structure = run.loop_structure(model, x, y)
+    assert structure["one_compiled_loop"], structure
+    assert structure["loops"] >= 1 and structure["convolutions"] > 0
+    assert model.algorithm.trials == 5  # restored after tracing with one trial
