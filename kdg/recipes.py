@@ -77,6 +77,9 @@ class TrainingConfig(_Section):
     eval_every: int = Field(300, gt=0)
     checkpoint_every: int | None = Field(None, gt=0, description="default: eval_every")
     eval_batch_size: int = Field(128, gt=0)
+    devices: int | list[str] | None = Field(
+        None, description="data-parallel devices (JAX): a count or names like gpu:0"
+    )
     seed: int = 0
     trial_seed: int = 0
     hparams_seed: int = 0

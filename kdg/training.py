@@ -110,6 +110,10 @@ def build_model(recipe: recipes.Recipe, dataset):
 
     training = recipe.training
     decoupled = training.weight_decay_mode == "decoupled"
+    if training.devices not in (None, 1):
+        from kdg import distribution
+
+        distribution.configure(training.devices)  # before any variable exists
     keras.utils.set_random_seed(training.seed)
     model = models.build(
         recipe.model.backbone,
