@@ -1,0 +1,259 @@
+"""The sweep file: a base recipe and what varies.
+
+```yaml
+base: ../recipes/quickstart.yaml    # a recipe file (relative to this file), or a recipe inline
+output_dir: runs/digits_sweep       # default: runs/<sweep file name>
+datasets: [ColoredDigits]           # default: the base recipe's dataset
+algorithms: [erm, fish]             # names or algorithm sections; default: the base's
+test_domains: null                  # default: each domain in turn; or [0, 2], [[0, 1]], [art_painting]
+leave_one_out: false                # also every pair [t, j]: needed by leave-one-domain-out selection
+n_hparams: 20                       # hyperparameter samples; sample 0 = the defaults
+n_trials: 3                         # trial t: training.trial_seed = t (the data split)
+seed: 0                             # the sweep's seed: hyperparameter draws and training seeds
+overrides: {training.steps: 5000}   # dotted keys set on the base recipe, as `kdg train --set`
+search_space:                       # merged over the defaults (kdg.sweep.space); null removes
+  common: {weight_decay: null}
+  fish: {meta_lr: {choice: [0.1, 0.5]}}
+default_space: true                 # false: only what search_space names is sampled
+backend: null                       # default: the base recipe's, else $KERAS_BACKEND
+```
+
+A dataset entry is a name or a dataset section (`{name: PACS, root: ~/data}`);
+a dataset other than the base's keeps the base's `root`, `holdout_fraction`
+and `augment` only. A relative `output_dir` or `dataset.root` is taken from
+the working directory (as `kdg train` does) and written into the jobs'
+recipes as an absolute path, so that Ray workers find them too. An algorithm entry is a name or an algorithm section
+(`{name: gga, base: {name: fish}}`); the base recipe's algorithm section is
+used as it is (with the entry's keys on top) when the names match, so its
+hyperparameters are the defaults of sample 0.
+
+:func:`load_sweep` reads and checks the file; every problem is reported in
+one :class:`SweepError` that names the field, what was given and what is
+allowed, as :mod:`kdg.recipes` does.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kdg import recipes
+from kdg.sweep import space as space_lib
+
+BACKENDS = recipes.BACKENDS
+
+
+class SweepError(ValueError):
+    """A sweep that cannot run, with every reason in the message."""
+
+
+class SweepSpec(BaseModel):
+    """The sweep file's schema (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: str | dict = Field(description="a recipe file, or a recipe inline")
+    output_dir: str | None = None
+    datasets: list[str | dict] | None = Field(None, min_length=1)
+    algorithms: list[str | dict] | None = Field(None, min_length=1)
+    test_domains: list[int | str | list[int | str]] | None = Field(None, min_length=1)
+    leave_one_out: bool = False
+    n_hparams: int = Field(20, ge=1)
+    n_trials: int = Field(3, ge=1)
+    seed: int = 0
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    search_space: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
+    default_space: bool = True
+    backend: Literal["jax", "tensorflow", "torch"] | None = None
+
+
+@dataclass
+class Sweep:
+    """A checked sweep: its spec, the base recipe (overrides applied, as a
+    dict) and where its jobs go."""
+
+    spec: SweepSpec
+    base: dict
+    output_dir: Path
+    backend: str
+    path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.stem if self.path is not None else self.output_dir.name
+
+
+def _suggest(value, allowed) -> str:
+    match = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.5)
+    return f" Did you mean {match[0]!r}?" if match else ""
+
+
+def _format(error: ValidationError) -> list[str]:
+    problems = []
+    fields = list(SweepSpec.model_fields)
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "sweep"
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{where}: unknown key. Allowed: {', '.join(fields)}."
+                            f"{_suggest(item['loc'][-1], fields)}")
+        elif item["type"] == "missing":
+            problems.append(f"{where}: required, missing (the recipe the jobs start from).")
+        else:
+            problems.append(f"{where}: {item['msg'].lower()}; given {item.get('input')!r}.")
+    # pydantic reports each member of a union; keep one line per field
+    return list(dict.fromkeys(problems))
+
+
+def normalize_algorithm(name: Any) -> str:
+    return str(name).lower().replace("-", "").replace("_", "")
+
+
+def default_backend() -> str:
+    """What `kdg train` would use with no --backend: $KERAS_BACKEND, else
+    Keras' configured default."""
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    import keras
+
+    return keras.backend.backend()
+
+
+def _fix_yaml_floats(node):
+    """YAML 1.1 reads 5e-5 (no dot) as a string: make such strings floats."""
+    if isinstance(node, dict):
+        return {k: _fix_yaml_floats(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_fix_yaml_floats(v) for v in node]
+    if isinstance(node, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)e[-+]?\d+", node, re.I):
+        return float(node)
+    return node
+
+
+def _set_dotted(config: dict, key: str, value: Any) -> None:
+    keys = key.split(".")
+    node = config
+    for part in keys[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[keys[-1]] = value
+
+
+def _read_base(spec: SweepSpec, where: Path, problems: list[str]) -> dict:
+    if isinstance(spec.base, dict):
+        return copy.deepcopy(spec.base)
+    candidates = [Path(spec.base).expanduser()]
+    if not candidates[0].is_absolute():
+        candidates = [where / candidates[0], Path.cwd() / candidates[0]]
+    for path in candidates:
+        if path.is_file():
+            try:
+                return recipes.read_yaml(path)
+            except recipes.RecipeError as error:
+                problems.append(f"base: {error}")
+                return {}
+    tried = " or ".join(str(p) for p in dict.fromkeys(candidates))
+    problems.append(f"base: recipe {spec.base!r} does not exist (looked for {tried}).")
+    return {}
+
+
+def _check_names(spec: SweepSpec, base: dict, problems: list[str]) -> None:
+    from kdg import data
+    from kdg.algorithms import ALGORITHMS
+
+    for i, entry in enumerate(spec.datasets or []):
+        name = entry.get("name") if isinstance(entry, dict) else entry
+        if name is None:
+            problems.append(f"datasets.{i}: a dataset section needs a name.")
+            continue
+        try:
+            data.get_info(str(name))
+        except KeyError:
+            names = data.dataset_names()
+            problems.append(f"datasets.{i}: unknown dataset {name!r}; known: {', '.join(names)}."
+                            f"{_suggest(name, names)}")
+    if spec.datasets is None and not isinstance(base.get("dataset"), dict):
+        problems.append("datasets: the base recipe has no dataset section; name the datasets here.")
+    known = sorted(ALGORITHMS)
+    for i, entry in enumerate(spec.algorithms or []):
+        name = entry.get("name") if isinstance(entry, dict) else entry
+        if name is None or normalize_algorithm(name) not in ALGORITHMS:
+            problems.append(f"algorithms.{i}: unknown algorithm {name!r}; known: "
+                            f"{', '.join(known)}.{_suggest(normalize_algorithm(name), known)}")
+    for key, section in spec.search_space.items():
+        if key != space_lib.COMMON and normalize_algorithm(key) not in ALGORITHMS:
+            problems.append(f"search_space.{key}: not an algorithm; use {space_lib.COMMON!r} or "
+                            f"one of {', '.join(known)}.{_suggest(key, known + [space_lib.COMMON])}")
+            continue
+        for name, dist in (section or {}).items():
+            if dist is None:
+                continue
+            try:
+                space_lib.parse_distribution(name, dist)
+            except space_lib.SpaceError as error:
+                problems.append(f"search_space.{key}.{error}")
+
+
+def load_sweep(source: str | os.PathLike | Mapping[str, Any], backend: str | None = None,
+               output_dir: str | os.PathLike | None = None) -> Sweep:
+    """Read and check a sweep file (or a sweep given as a dict, whose relative
+    `base` is looked up from the working directory).
+
+    `backend` (e.g. from --backend) wins over the file's and the base
+    recipe's. Relative output directories are taken from the working
+    directory. Raises SweepError naming every problem."""
+    path = None
+    if isinstance(source, Mapping):
+        raw = copy.deepcopy(dict(source))
+        where = Path.cwd()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise SweepError(f"sweep file {str(path)!r} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise SweepError(f"sweep file {str(path)!r} is not valid YAML: {error}") from None
+        if not isinstance(raw, dict):
+            raise SweepError(f"sweep file {str(path)!r} must be a mapping with a 'base' recipe")
+        raw = _fix_yaml_floats(raw)
+        where = path.resolve().parent
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as error:
+        raise SweepError("invalid sweep:\n  - " + "\n  - ".join(_format(error))) from None
+
+    problems: list[str] = []
+    base = _read_base(spec, where, problems)
+    for key, value in spec.overrides.items():
+        if not all(part.isidentifier() for part in str(key).split(".")):
+            problems.append(f"overrides.{key}: not a dotted key like training.steps.")
+        else:
+            _set_dotted(base, str(key), value)
+    if backend is not None and backend not in BACKENDS:
+        problems.append(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}.")
+    chosen = backend or spec.backend or base.get("backend")
+    if chosen is not None and chosen not in BACKENDS:
+        problems.append(f"base.backend: {chosen!r} is not one of {', '.join(BACKENDS)}.")
+    if not problems:
+        _check_names(spec, base, problems)
+    if problems:
+        raise SweepError("invalid sweep:\n  - " + "\n  - ".join(problems))
+
+    if output_dir is None:
+        if spec.output_dir is not None:
+            output_dir = spec.output_dir
+        elif path is not None:
+            output_dir = Path("runs") / path.stem
+        else:
+            raise SweepError("invalid sweep:\n  - output_dir: required for a sweep given as a dict.")
+    return Sweep(spec=spec, base=base, output_dir=Path(output_dir).expanduser().resolve(),
+                 backend=chosen or default_backend(), path=path)
