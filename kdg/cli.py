@@ -66,6 +66,8 @@ def main():
       kdg eval runs/quickstart --dataset RotatedDigits
       kdg data download PACS --root ~/data
       kdg report runs/ --selection training_domain
+      kdg sweep sweeps/digits.yaml --launcher local --jobs 2
+      kdg bench --quick
     """
 
 
@@ -251,6 +253,19 @@ def report(dirs, selection, fmt, plots_dir, include_unfinished):
     except (FileNotFoundError, ValueError) as error:
         _fail(error)
     click.echo(text)
+
+
+def _register_commands():
+    """`kdg sweep` and `kdg bench` live with their packages (neither imports
+    Keras until it runs)."""
+    from kdg.bench.cli import bench
+    from kdg.sweep.cli import sweep
+
+    main.add_command(sweep)
+    main.add_command(bench)
+
+
+_register_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover
