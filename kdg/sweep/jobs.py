@@ -451,6 +451,11 @@ def last_step(directory: Path) -> int | None:
     return None
 
 
+def has_progress(directory: Path) -> bool:
+    """Has the job trained at all (an evaluation or a checkpoint)?"""
+    return last_step(directory) is not None or (directory / "checkpoint.npz").exists()
+
+
 def error_summary(directory: Path) -> str:
     """The most telling line of error.txt: kdg's `error:` line, else the
     exception line of a traceback, else the first line."""
@@ -477,6 +482,6 @@ def job_status(job: Job | Path) -> JobStatus:
         return JobStatus("running", step, f"{info.get('host')} pid {info.get('trainer_pid')}")
     if (directory / ERROR).exists():
         return JobStatus("failed", step, error_summary(directory))
-    if step is not None or (directory / "checkpoint.npz").exists():
+    if has_progress(directory):
         return JobStatus("stopped", step)
     return JobStatus("not started", step)

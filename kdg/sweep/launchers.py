@@ -52,7 +52,7 @@ def prepare_recipe(directory: Path, recipe: dict) -> tuple[str, bool]:
     has trained part way keeps its recipe.yaml (and so its backend); only its
     output_dir follows the directory, should the sweep have moved."""
     path = directory / jobs_lib.RECIPE
-    started = (directory / "results.jsonl").exists() or (directory / "checkpoint.npz").exists()
+    started = jobs_lib.has_progress(directory)
     if started and path.exists():
         existing = yaml.safe_load(path.read_text()) or {}
         if existing.get("output_dir") != str(directory):
