@@ -7,11 +7,23 @@ subprocess (see `kdg.bench.suite`).
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 
 import click
 
 from kdg.bench import report, suite
+
+
+def _command():
+    """The command line that is running, for the results' header."""
+    obj = click.get_current_context().obj
+    if isinstance(obj, dict) and obj.get("command"):
+        return obj["command"]
+    args = sys.argv[1:]
+    if "bench" in args:
+        args = args[args.index("bench") + 1:]
+    return " ".join(["kdg bench"] + [shlex.quote(a) for a in args])
 
 
 @click.command(name="bench")
@@ -77,7 +89,7 @@ def bench(quick, models, runners, algorithms, domains, batch, image_size, repeat
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     log = lambda message: click.echo(message, err=True)  # noqa: E731
-    command = "kdg bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None
+    command = _command()
     if quick and threads is None:
         threads = 1  # a smoke test: robust to a busy CI machine, fast to start
     results = suite.run_suite(scenarios, runners or suite.DEFAULT_RUNNERS, threads=threads,

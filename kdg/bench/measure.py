@@ -154,3 +154,66 @@ def machine():
 
 def finite_positive(value):
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+# -- the protocol shared by the workers ------------------------------------------------
+
+def repeats_of(name, config):
+    """(warm-up steps, timed steps) of an algorithm under a scenario."""
+    if name == "gga":
+        return int(config["gga_warmup"]), int(config["gga_repeats"])
+    return int(config["warmup"]), int(config["repeats"])
+
+
+def time_algorithms(names, prepare, config, memory_steps=2):
+    """Time each algorithm's step: the protocol of both workers.
+
+    `prepare(name)` builds the algorithm's model and returns `step`, a
+    function doing one training step and returning its loss (a float, so
+    that the step has finished when it returns).
+
+    Per algorithm, one after the other: the process's resident size, then
+    `prepare`, the first step (timed: compiling included), the warm-up
+    steps, and `memory_steps` steps during which the peak resident size is
+    taken. Then the timed steps, *interleaved*: round r times one step of
+    every algorithm that still has steps to time, so that a change in the
+    machine's load during the run touches every algorithm alike and not the
+    ratios between them.
+
+    Returns {name: record}, a record holding the statistics of
+    `summarize`, `first_step_s`, `compile_s` (first step less the median),
+    the memory and the losses seen."""
+    steps, records, losses = {}, {}, {}
+    for name in names:
+        warmup, _ = repeats_of(name, config)
+        base = rss_mb()
+        step = prepare(name)
+        first, loss = time_call(step)
+        losses[name] = [loss] + [step() for _ in range(warmup)]
+        reset_peak()
+        losses[name] += [step() for _ in range(memory_steps)]
+        peak = peak_mb()
+        steps[name] = step
+        records[name] = {
+            "algorithm": name,
+            "first_step_s": first,
+            "base_rss_mb": base,
+            "peak_rss_mb": peak,
+            "peak_over_base_mb": None if peak is None or base is None else peak - base,
+        }
+    times = {name: [] for name in names}
+    rounds = max(repeats_of(name, config)[1] for name in names)
+    for r in range(rounds):
+        for name in names:
+            if r < repeats_of(name, config)[1]:
+                seconds, loss = time_call(steps[name])
+                times[name].append(seconds)
+                losses[name].append(loss)
+    for name in names:
+        stats = summarize(times[name])
+        records[name].update(stats)
+        records[name]["compile_s"] = max(records[name]["first_step_s"] - stats["median_s"], 0.0)
+        records[name]["loss_first"] = losses[name][0]
+        records[name]["loss_last"] = losses[name][-1]
+        records[name]["finite"] = all(math.isfinite(v) for v in losses[name])
+    return records

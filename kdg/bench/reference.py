@@ -162,13 +162,10 @@ def make_algorithm(name, config, network, ref):
     return ref.make_algorithm(NAMES[name], network, hparams)
 
 
-def measure_algorithm(name, config, x, y, ref):
+def prepare(name, config, x, y, ref):
+    """Build `name` around a fresh network; its step, returning the loss."""
     import torch
 
-    gga = name == "gga"
-    repeats = int(config["gga_repeats"] if gga else config["repeats"])
-    warmup = int(config["gga_warmup"] if gga else config["warmup"])
-    base_mb = measure.rss_mb()
     network = build_network(config, ref)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     network.to(device)
@@ -177,42 +174,8 @@ def measure_algorithm(name, config, x, y, ref):
     yt = torch.as_tensor(y, device=device).long()
     if name == "gga_eval":
         network.train()
-
-        def step():
-            s, loss = algo._measure(xt, yt)
-            return {"loss": loss}
-    else:
-        def step():
-            return algo.update(xt, yt)
-
-    first_s, logs = measure.time_call(step)
-    losses = [float(logs["loss"])]
-    for _ in range(warmup):
-        losses.append(float(step()["loss"]))
-    measure.reset_peak()
-    times = []
-    for _ in range(repeats):
-        seconds, logs = measure.time_call(step)
-        times.append(seconds)
-        losses.append(float(logs["loss"]))
-    peak = measure.peak_mb()
-    stats = measure.summarize(times)
-    record = {
-        "algorithm": name,
-        "first_step_s": first_s,
-        "compile_s": max(first_s - stats["median_s"], 0.0),
-        **stats,
-        "base_rss_mb": base_mb,
-        "peak_rss_mb": peak,
-        "peak_over_base_mb": None if peak is None or base_mb is None else peak - base_mb,
-        "loss_first": losses[0],
-        "loss_last": losses[-1],
-        "finite": all(map(lambda v: v == v and abs(v) != float("inf"), losses)),
-    }
-    if gga:
-        record["trials"] = int(config["gga_trials"])
-    params = sum(p.numel() for p in network.parameters() if p.requires_grad)
-    return record, params
+        return network, lambda: float(algo._measure(xt, yt)[1])
+    return network, lambda: float(algo.update(xt, yt)["loss"])
 
 
 def run(config):
@@ -237,16 +200,23 @@ def run(config):
         "versions": {"torch": torch.__version__, "numpy": np.__version__},
         "memory_measured": measure.memory_supported(),
         "load_before": os.getloadavg()[0],
-        "algorithms": {},
     }
     if config.get("framework_warmup", True):
         # PyTorch's one-time start-up is not any algorithm's cost.
-        measure_algorithm("erm", dict(config, repeats=1, warmup=0), x, y, ref)
-    for name in names:
-        record, params = measure_algorithm(name, config, x, y, ref)
-        result["algorithms"][name] = record
-        result.setdefault("params", params)
-        result.setdefault("param_mb", params * 4 / 2 ** 20)
+        _, step = prepare("erm", config, x, y, ref)
+        step(), step()
+    networks = {}
+
+    def make_step(name):
+        networks[name], step = prepare(name, config, x, y, ref)
+        return step
+
+    result["algorithms"] = measure.time_algorithms(names, make_step, config)
+    if "gga" in result["algorithms"]:
+        result["algorithms"]["gga"]["trials"] = int(config["gga_trials"])
+    network = next(iter(networks.values()))
+    result["params"] = sum(p.numel() for p in network.parameters() if p.requires_grad)
+    result["param_mb"] = result["params"] * 4 / 2 ** 20
     result["load_after"] = os.getloadavg()[0]
     return result
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from kdg.bench.suite import ALGORITHMS, BACKENDS
+from kdg.bench.suite import ALGORITHMS
 
 BEGIN = "<!-- kdg bench: generated, begin -->"
 END = "<!-- kdg bench: generated, end -->"
@@ -383,4 +383,4 @@ def write_results(path, results, title="# kdg benchmark results"):
     return path
 
 
-__all__ = ["BACKENDS", "gga_costs", "markdown", "problems", "targets", "write_results"]
+__all__ = ["gga_costs", "markdown", "problems", "targets", "write_results"]

@@ -10,9 +10,10 @@ builds a fresh model with `kdg.models.build`, then times
 
 - the first step (tracing and compiling included) and `compile_s`, the
   first step less the median step;
-- `warmup` more steps, then `repeats` timed steps: the median and spread;
-- the process's peak resident memory during the timed steps, over what it
-  was before the model was built.
+- `warmup` more steps, then `repeats` timed steps, interleaved with the other
+  algorithms' (`kdg.bench.measure.time_algorithms`): the median and spread;
+- the process's peak resident memory during two steps after the warm-up,
+  over what it was before the model was built.
 
 "gga" is GGA(base=ERM) inside its annealing window (every step searches,
 `gga_trials` trials). "gga_eval" times what one trial evaluates (the
@@ -89,49 +90,6 @@ def build_model(config, algorithm):
         jit_compile=jit,
     )
     return model
-
-
-def _loss(logs):
-    return float(logs["loss"])
-
-
-def measure_algorithm(name, config, x, y):
-    """Build, compile and time one algorithm's step; see the module docstring."""
-    gga = name == "gga"
-    repeats = int(config["gga_repeats"] if gga else config["repeats"])
-    warmup = int(config["gga_warmup"] if gga else config["warmup"])
-    base_mb = measure.rss_mb()
-    model = build_model(config, make_algorithm(name, config))
-    first_s, logs = measure.time_call(lambda: model.train_on_batch(x, y, return_dict=True))
-    losses = [_loss(logs)]
-    for _ in range(warmup):
-        losses.append(_loss(model.train_on_batch(x, y, return_dict=True)))
-    measure.reset_peak()
-    times = []
-    for _ in range(repeats):
-        seconds, logs = measure.time_call(lambda: model.train_on_batch(x, y, return_dict=True))
-        times.append(seconds)
-        losses.append(_loss(logs))
-    peak = measure.peak_mb()
-    stats = measure.summarize(times)
-    record = {
-        "algorithm": name,
-        "first_step_s": first_s,
-        "compile_s": max(first_s - stats["median_s"], 0.0),
-        **stats,
-        "base_rss_mb": base_mb,
-        "peak_rss_mb": peak,
-        "peak_over_base_mb": None if peak is None or base_mb is None else peak - base_mb,
-        "loss_first": losses[0],
-        "loss_last": losses[-1],
-        "finite": bool(np.all(np.isfinite(losses))),
-    }
-    if gga:
-        record["trials"] = int(config["gga_trials"])
-        record["logs"] = {k: float(v) for k, v in logs.items()}
-        if config.get("structure", True):
-            record["structure"] = loop_structure(model, x, y)
-    return record, model
 
 
 # -- is GGA's search one loop? -------------------------------------------------------
@@ -264,7 +222,6 @@ def run(config):
         "versions": versions(),
         "memory_measured": measure.memory_supported(),
         "load_before": os.getloadavg()[0],
-        "algorithms": {},
     }
     if config.get("framework_warmup", True):
         # The backend's one-time start-up (thread pools, kernels, the compiler)
@@ -274,15 +231,22 @@ def run(config):
             model.train_on_batch(x, y)
         del model
         keras.backend.clear_session()
-    for name in names:
-        record, model = measure_algorithm(name, config, x, y)
-        result["algorithms"][name] = record
-        if "params" not in result:
-            count = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
-            result["params"] = count
-            result["param_mb"] = count * 4 / 2 ** 20
-        del model
-        keras.backend.clear_session()
+    models = {}
+
+    def prepare(name):
+        model = models[name] = build_model(config, make_algorithm(name, config))
+        return lambda: float(model.train_on_batch(x, y, return_dict=True)["loss"])
+
+    result["algorithms"] = measure.time_algorithms(names, prepare, config)
+    any_model = next(iter(models.values()))
+    result["params"] = sum(int(np.prod(v.shape)) for v in any_model.trainable_variables)
+    result["param_mb"] = result["params"] * 4 / 2 ** 20
+    if "gga" in models:
+        model = models["gga"]
+        record = result["algorithms"]["gga"]
+        record["trials"] = int(config["gga_trials"])
+        if config.get("structure", True):
+            record["structure"] = loop_structure(model, x, y)
     result["load_after"] = os.getloadavg()[0]
     return result
 

@@ -174,7 +174,7 @@ def run_suite(scenarios, runners=DEFAULT_RUNNERS, *, threads=None, parallel=Fals
             workers = [_Worker(runner, config, threads, slot)
                        for slot, runner in enumerate(runners)]
             deadline = time.perf_counter() + timeout
-            while not all(w.poll() for w in workers) and time.perf_counter() < deadline:
+            while not all([w.poll() for w in workers]) and time.perf_counter() < deadline:
                 time.sleep(0.1)
         else:
             workers = runners
