@@ -156,13 +156,14 @@ def read_yaml(path: str | Path) -> dict:
 # -- validation --------------------------------------------------------------------
 
 
-def _suggest(value, allowed) -> str:
+def suggest(value, allowed) -> str:
+    """' Did you mean ...?' for the closest of `allowed`, or ''."""
     match = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.5)
     return f" Did you mean {match[0]!r}?" if match else ""
 
 
-def _section_fields(loc: tuple) -> list[str]:
-    model: type[BaseModel] = Recipe
+def _section_fields(root: type[BaseModel], loc: tuple) -> list[str]:
+    model = root
     for part in loc[:-1]:
         field = model.model_fields.get(part)
         annotation = getattr(field, "annotation", None)
@@ -172,26 +173,32 @@ def _section_fields(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def _format_validation_error(error: ValidationError) -> list[str]:
+def format_validation_error(error: ValidationError, root: type[BaseModel] = None,
+                            label: str = "recipe", missing: str = "") -> list[str]:
+    """One line per problem of a pydantic error on the `root` model (the
+    recipe by default), naming the field, what was given and what is allowed.
+    `label` names the file's top level; `missing` is added to 'required'."""
+    root = root or Recipe
     problems = []
     for item in error.errors():
         loc = tuple(str(p) for p in item["loc"])
-        where = ".".join(loc) or "recipe"
+        where = ".".join(loc) or label
         given = item.get("input")
         if item["type"] == "extra_forbidden":
-            allowed = _section_fields(loc)
+            allowed = _section_fields(root, loc)
             problems.append(
-                f"{where}: unknown key. Allowed here: {', '.join(allowed)}.{_suggest(loc[-1], allowed)}"
+                f"{where}: unknown key. Allowed here: {', '.join(allowed)}.{suggest(loc[-1], allowed)}"
             )
         elif item["type"] == "missing":
-            problems.append(f"{where}: required, missing.")
+            problems.append(f"{where}: required, missing{missing}.")
         elif item["type"] == "literal_error":
             allowed = item.get("ctx", {}).get("expected", "")
             options = re.findall(r"'([^']+)'", allowed)
-            problems.append(f"{where}: {given!r} is not allowed; expected {allowed}.{_suggest(given, options)}")
+            problems.append(f"{where}: {given!r} is not allowed; expected {allowed}.{suggest(given, options)}")
         else:
             problems.append(f"{where}: {item['msg'].lower()}; given {given!r}.")
-    return problems
+    # pydantic reports each member of a union; keep one line per field
+    return list(dict.fromkeys(problems))
 
 
 def algorithm_parameters(name: str) -> list[str]:
@@ -207,7 +214,7 @@ def _check_algorithm(config: dict, where: str, problems: list[str]) -> None:
     if name not in ALGORITHMS:
         problems.append(
             f"{where}.name: unknown algorithm {config.get('name')!r}; known: "
-            f"{', '.join(sorted(ALGORITHMS))}.{_suggest(name, ALGORITHMS)}"
+            f"{', '.join(sorted(ALGORITHMS))}.{suggest(name, ALGORITHMS)}"
         )
         return
     allowed = algorithm_parameters(name)
@@ -217,7 +224,7 @@ def _check_algorithm(config: dict, where: str, problems: list[str]) -> None:
         if key not in allowed:
             problems.append(
                 f"{where}.{key}: not a parameter of {name}; its parameters: "
-                f"{', '.join(allowed)}.{_suggest(key, allowed)}"
+                f"{', '.join(allowed)}.{suggest(key, allowed)}"
             )
         elif key == "base":
             if not isinstance(value, dict):
@@ -257,7 +264,7 @@ def validate(config: dict) -> Recipe:
     try:
         recipe = Recipe.model_validate(config)
     except ValidationError as error:
-        raise RecipeError("invalid recipe:\n  - " + "\n  - ".join(_format_validation_error(error))) from None
+        raise RecipeError("invalid recipe:\n  - " + "\n  - ".join(format_validation_error(error))) from None
     problems: list[str] = []
     _check_algorithm(recipe.algorithm.model_dump(), "algorithm", problems)
     _check_backbone(recipe.model.backbone, problems)
@@ -287,7 +294,7 @@ def check_dataset(recipe: Recipe):
         names = list(data.dataset_names())
         raise RecipeError(
             f"invalid recipe:\n  - dataset.name: unknown dataset {cfg.name!r}; known: "
-            f"{', '.join(names)}, or 'custom' with dataset.path.{_suggest(cfg.name, names)}"
+            f"{', '.join(names)}, or 'custom' with dataset.path.{suggest(cfg.name, names)}"
         ) from None
     options = dict(holdout_fraction=cfg.holdout_fraction, trial_seed=recipe.training.trial_seed)
     if cfg.image_size is not None:
@@ -309,7 +316,7 @@ def check_dataset(recipe: Recipe):
             problems.append(
                 f"dataset.test_domains: {domain!r} is not a domain of {dataset.name}; "
                 f"domains: {', '.join(dataset.domains)} (or their index, or short names "
-                f"{', '.join(dataset.short_domains)}).{_suggest(domain, allowed)}"
+                f"{', '.join(dataset.short_domains)}).{suggest(domain, allowed)}"
             )
     if not problems and len(set(map(dataset.domain_index, cfg.test_domains))) >= len(dataset.domains):
         problems.append("dataset.test_domains: every domain is a test domain; none is left to train on.")

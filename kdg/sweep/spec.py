@@ -35,7 +35,6 @@ allowed, as :mod:`kdg.recipes` does.
 from __future__ import annotations
 
 import copy
-import difflib
 import os
 import re
 from dataclasses import dataclass
@@ -89,27 +88,6 @@ class Sweep:
     @property
     def name(self) -> str:
         return self.path.stem if self.path is not None else self.output_dir.name
-
-
-def _suggest(value, allowed) -> str:
-    match = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1, cutoff=0.5)
-    return f" Did you mean {match[0]!r}?" if match else ""
-
-
-def _format(error: ValidationError) -> list[str]:
-    problems = []
-    fields = list(SweepSpec.model_fields)
-    for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "sweep"
-        if item["type"] == "extra_forbidden":
-            problems.append(f"{where}: unknown key. Allowed: {', '.join(fields)}."
-                            f"{_suggest(item['loc'][-1], fields)}")
-        elif item["type"] == "missing":
-            problems.append(f"{where}: required, missing (the recipe the jobs start from).")
-        else:
-            problems.append(f"{where}: {item['msg'].lower()}; given {item.get('input')!r}.")
-    # pydantic reports each member of a union; keep one line per field
-    return list(dict.fromkeys(problems))
 
 
 def normalize_algorithm(name: Any) -> str:
@@ -179,7 +157,7 @@ def _check_names(spec: SweepSpec, base: dict, problems: list[str]) -> None:
         except KeyError:
             names = data.dataset_names()
             problems.append(f"datasets.{i}: unknown dataset {name!r}; known: {', '.join(names)}."
-                            f"{_suggest(name, names)}")
+                            f"{recipes.suggest(name, names)}")
     if spec.datasets is None and not isinstance(base.get("dataset"), dict):
         problems.append("datasets: the base recipe has no dataset section; name the datasets here.")
     known = sorted(ALGORITHMS)
@@ -187,11 +165,11 @@ def _check_names(spec: SweepSpec, base: dict, problems: list[str]) -> None:
         name = entry.get("name") if isinstance(entry, dict) else entry
         if name is None or normalize_algorithm(name) not in ALGORITHMS:
             problems.append(f"algorithms.{i}: unknown algorithm {name!r}; known: "
-                            f"{', '.join(known)}.{_suggest(normalize_algorithm(name), known)}")
+                            f"{', '.join(known)}.{recipes.suggest(normalize_algorithm(name), known)}")
     for key, section in spec.search_space.items():
         if key != space_lib.COMMON and normalize_algorithm(key) not in ALGORITHMS:
             problems.append(f"search_space.{key}: not an algorithm; use {space_lib.COMMON!r} or "
-                            f"one of {', '.join(known)}.{_suggest(key, known + [space_lib.COMMON])}")
+                            f"one of {', '.join(known)}.{recipes.suggest(key, known + [space_lib.COMMON])}")
             continue
         for name, dist in (section or {}).items():
             if dist is None:
@@ -229,7 +207,9 @@ def load_sweep(source: str | os.PathLike | Mapping[str, Any], backend: str | Non
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as error:
-        raise SweepError("invalid sweep:\n  - " + "\n  - ".join(_format(error))) from None
+        raise SweepError("invalid sweep:\n  - " + "\n  - ".join(
+            recipes.format_validation_error(error, SweepSpec, "sweep",
+                                            " (the recipe the jobs start from)"))) from None
 
     problems: list[str] = []
     base = _read_base(spec, where, problems)
