@@ -26,6 +26,15 @@ def _command():
     return " ".join(["kdg bench"] + [shlex.quote(a) for a in args])
 
 
+def _write(results, json_path, results_path):
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(results, f, indent=1)
+    if results_path:
+        report.write_results(results_path, results)
+    click.echo(report.markdown(results))
+
+
 @click.command(name="bench")
 @click.option("--quick", is_flag=True,
               help="CI smoke test: tiny images and batches, few repeats, every algorithm on "
@@ -56,12 +65,16 @@ def _command():
 @click.option("--results", "results_path", type=click.Path(dir_okay=False), default=None,
               help="Write the markdown tables into this file (e.g. benchmarks/RESULTS.md), "
                    "keeping the text outside the generated block.")
+@click.option("--from-json", "from_json", multiple=True,
+              type=click.Path(exists=True, dir_okay=False),
+              help="Run nothing: render the results that earlier runs saved with --json "
+                   "(repeatable: their scenarios are put one after the other).")
 @click.option("--threads", type=int, default=None,
               help="Run every runner on this many cores (default: all; --quick: 1).")
 @click.option("--timeout", type=int, default=3600, show_default=True,
               help="Seconds allowed to each runner's process.")
 def bench(quick, models, runners, algorithms, domains, batch, image_size, repeats, warmup,
-          trials, gga_repeats, json_path, results_path, threads, timeout):
+          trials, gga_repeats, json_path, results_path, from_json, threads, timeout):
     """Time every algorithm's training step on every backend and against a
     plain PyTorch implementation written the way the reference code is.
 
@@ -77,7 +90,19 @@ def bench(quick, models, runners, algorithms, domains, batch, image_size, repeat
       kdg bench --model resnet18 --backend jax   # ResNet-18 at 32x32
       kdg bench --quick                          # the CI smoke test
       kdg bench --model mnist_cnn --model resnet18 --results benchmarks/RESULTS.md
+      kdg bench --from-json cnn.json --from-json resnet.json --results benchmarks/RESULTS.md
     """
+    if from_json:
+        try:
+            runs = []
+            for path in from_json:
+                with open(path) as f:
+                    runs.append(json.load(f))
+            results = report.merge(runs)
+        except (ValueError, KeyError) as error:
+            raise click.UsageError(f"cannot render {', '.join(from_json)}: {error}") from None
+        _write(results, json_path, results_path)
+        return
     try:
         scenarios = [
             suite.scenario(model, image_size=image_size, domains=domains, batch=batch,
@@ -95,12 +120,7 @@ def bench(quick, models, runners, algorithms, domains, batch, image_size, repeat
     results = suite.run_suite(scenarios, runners or suite.DEFAULT_RUNNERS, threads=threads,
                               parallel=quick, timeout=timeout, command=command, log=log)
     results["quick"] = quick
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump(results, f, indent=1)
-    if results_path:
-        report.write_results(results_path, results)
-    click.echo(report.markdown(results))
+    _write(results, json_path, results_path)
     failed = suite.failures(results)
     if failed:
         for model, runner, _ in failed:

@@ -327,13 +327,16 @@ def markdown(results):
     """The results as markdown: the machine, the versions, the command, then
     per device (CPU, GPU) each scenario's tables and targets."""
     m = results["machine"]
-    head = [
-        f"Produced by `{results['command']}` on {results['started']} "
-        f"({results.get('wall_s', 0) / 60:.1f} min).",
-        "",
+    parts = results.get("parts") or [results]
+    head = ["Produced by " + "; then ".join(
+        f"`{part['command']}` on {part['started']} ({part.get('wall_s', 0) / 60:.1f} min)"
+        for part in parts) + ".", ""]
+    head += [
         f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, {m['os']}, "
         f"Python {m['python']}.",
-        f"- Load average (1 min) before / after: {results.get('load_before', 0):.2f} / "
+        f"- Load average (1 min) before / after"
+        f"{' (the highest of the runs)' if len(parts) > 1 else ''}: "
+        f"{results.get('load_before', 0):.2f} / "
         f"{results.get('load_after', 0):.2f}.",
         f"- Versions: {_versions(results)}.",
     ]
@@ -365,6 +368,33 @@ def markdown(results):
     return "\n".join(head + body).rstrip() + "\n"
 
 
+def merge(runs):
+    """One results object from several `kdg bench` runs on the same machine
+    (e.g. the small CNN on every runner, then ResNet-18 on some): their
+    scenarios one after the other, each run's command kept."""
+    runs = list(runs)
+    if not runs:
+        raise ValueError("nothing to merge")
+    first = runs[0]
+    for other in runs[1:]:
+        if other["machine"] != first["machine"]:
+            raise ValueError("kdg bench results from different machines cannot share a "
+                             f"table: {first['machine']} vs {other['machine']}.")
+    if len(runs) == 1:
+        return first
+    parts = [p for run in runs for p in (run.get("parts") or [run])]
+    return dict(
+        first,
+        parts=[{k: p.get(k) for k in ("command", "started", "wall_s")} for p in parts],
+        scenarios=[entry for run in runs for entry in run["scenarios"]],
+        load_before=max(run.get("load_before", 0) for run in runs),
+        load_after=max(run.get("load_after", 0) for run in runs),
+        parallel=any(run.get("parallel") for run in runs),
+        quick=any(run.get("quick") for run in runs),
+        threads=first.get("threads") if len({r.get("threads") for r in runs}) == 1 else None,
+    )
+
+
 def write_results(path, results, title="# kdg benchmark results"):
     """Write the results' markdown into `path` between the marker lines,
     keeping the text around them; a new file gets a title."""
@@ -383,4 +413,4 @@ def write_results(path, results, title="# kdg benchmark results"):
     return path
 
 
-__all__ = ["gga_costs", "markdown", "problems", "targets", "write_results"]
+__all__ = ["gga_costs", "markdown", "merge", "problems", "targets", "write_results"]

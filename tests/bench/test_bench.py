@@ -169,6 +169,34 @@ def test_write_results_keeps_the_text_around_the_numbers(tmp_path):
     assert second.count(BEGIN) == 1
 
 
+def test_from_json_renders_merged_runs_without_running(tmp_path):
+    from click.testing import CliRunner
+
+    from kdg.bench.cli import bench
+
+    cnn, resnet = _results(), _results("resnet18")
+    resnet["command"], resnet["started"] = "kdg bench --model resnet18", "later"
+    (tmp_path / "cnn.json").write_text(json.dumps(cnn))
+    (tmp_path / "resnet.json").write_text(json.dumps(resnet))
+    out = tmp_path / "RESULTS.md"
+    result = CliRunner().invoke(bench, ["--from-json", str(tmp_path / "cnn.json"),
+                                        "--from-json", str(tmp_path / "resnet.json"),
+                                        "--results", str(out)])
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    assert "`kdg bench --quick` on today (1.0 min); then `kdg bench --model resnet18` on later" \
+        in text
+    cpu = text[text.index("## CPU"):text.index("## GPU")]
+    assert cpu.index("### mnist_cnn") < cpu.index("### resnet18")
+    assert "CorGrad compile <= 2.0x ERM's (resnet18)" in text  # resnet18's targets kept
+
+    other = dict(resnet, machine=dict(resnet["machine"], cores=999))
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    result = CliRunner().invoke(bench, ["--from-json", str(tmp_path / "cnn.json"),
+                                        "--from-json", str(tmp_path / "other.json")])
+    assert result.exit_code == 2 and "different machines" in result.output
+
+
 # -- the pieces ------------------------------------------------------------------------------
 
 def test_scenarios():
