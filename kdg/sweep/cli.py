@@ -72,7 +72,7 @@ def sweep(sweep_file, launcher, parallel, ray_address, show_status, dry_run, bac
     Examples:
       kdg sweep sweeps/digits.yaml --jobs 2
       kdg sweep sweeps/digits.yaml --status
-      kdg sweep sweeps/digits.yaml --dry-run --only algorithm=fish --only test_envs=0
+      kdg sweep sweeps/digits.yaml --dry-run --only algorithm=corgrad --only test_envs=0
       kdg sweep sweeps/pacs.yaml --launcher ray --ray-address auto
       kdg report runs/digits
     """

@@ -252,3 +252,18 @@ def test_a_base_recipe_file_relative_to_the_sweep_file_and_overrides(tmp_path):
     default = load_sweep(write_sweep(sweeps, "plain.yaml", base="../recipes/base.yaml",
                                      output_dir=None))
     assert default.output_dir == (Path.cwd() / "runs" / "plain").resolve()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "sweeps").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_sweep_files_expand_to_valid_recipes(path, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # the jobs' output_dir is taken from the working directory
+    sweep = load_sweep(path)
+    jobs = expand_jobs(sweep)
+    spec = sweep.spec
+    domains = {j.test_envs for j in jobs}
+    assert domains == {(i,) for i in range(len(domains))}  # each domain in turn
+    assert len(jobs) == len(spec.algorithms) * spec.n_hparams * spec.n_trials * len(domains)
+    for job in jobs:
+        recipes.validate(job.recipe)
+        assert Path(job.directory).is_relative_to(tmp_path)
