@@ -22,7 +22,8 @@ Per step:
 
 All (layer, chunk) pairs are processed at once: the gradients are laid out as
 one flat vector per domain, chunks are segments of it, and each domain pair
-is a handful of segment reductions. Only the D*(D-1) pairs are sequential.
+is one segment reduction (the fastest kernel of each backend for sorted
+segments, `kdg.backend.segment_sum`). Only the D*(D-1) pairs are sequential.
 """
 
 import math
@@ -30,6 +31,7 @@ import math
 import numpy as np
 from keras import ops
 
+from kdg import backend
 from kdg import random as kdg_random
 from kdg.algorithms.base import Algorithm
 from kdg.ops import cosine_stats
@@ -160,15 +162,20 @@ class CorGrad(Algorithm):
         active = ops.convert_to_tensor(chunk_active)
 
         def seg(values):
+            """Per-chunk sums of the columns of values (N, k): (chunks, k)."""
             if element:
                 return values
-            return ops.segment_sum(values, ids, num_segments=n_chunks, sorted=False)
+            return backend.segment_sum(values, ids, n_chunks)
 
         def spread(per_chunk):
             return per_chunk if element else ops.take(per_chunk, ids)
 
         g = self._flatten(stacked)
         num = g.shape[0]
+        # Every reduction of a pair in one segment sum (a kernel launch per
+        # pair, not per quantity): the squared norms of the original chunks
+        # once for all domains, then a.b, b.b and a.a per pair.
+        orig_sq = seg(ops.transpose(ops.square(g)))  # (chunks, D)
         h = [g[i] for i in range(num)]
         made = 0.0
         for i in range(num):
@@ -179,25 +186,24 @@ class CorGrad(Algorithm):
                     p = order[k]
                     b = ops.take(g, p, axis=0)
                     skip = p == i
-                    b_orig = b
+                    bb_orig = ops.take(orig_sq, p, axis=1)
                 else:
                     if k == i:
                         continue
-                    b, skip, b_orig = h[k], False, g[k]
+                    b, skip, bb_orig = h[k], False, orig_sq[:, k]
                 a = h[i]
-                dot = seg(a * b)
-                bb = seg(b * b)
+                sums = seg(ops.stack([a * b, b * b, a * a], axis=1))
+                dot, bb, aa = sums[:, 0], sums[:, 1], sums[:, 2]
                 # After a is projected against b, a.b is 0 in exact arithmetic
                 # and its sign in floating point is noise: a conflict must be
                 # more than rounding.
                 # Likewise a chunk that projections cancelled is rounding
                 # residue, not a direction to project against.
                 tol = self.tie_tolerance
-                aa = seg(a * a)
                 limit = -tol * ops.sqrt(aa * bb)
                 alive = ops.logical_and(
-                    bb > tol * tol * seg(b_orig * b_orig),
-                    aa > tol * tol * seg(g[i] * g[i]),
+                    bb > tol * tol * bb_orig,
+                    aa > tol * tol * orig_sq[:, i],
                 )
                 conflict = ops.logical_and(
                     ops.logical_and(dot < limit, alive),
@@ -233,10 +239,8 @@ class CorGrad(Algorithm):
             layer_active = np.array([self._takes_part(v) for v in variables])
         lids = ops.convert_to_tensor(layer_ids)
 
-        def per_layer(values):
-            return ops.segment_sum(values, lids, num_segments=n_layers, sorted=False)
-
-        norms = ops.sqrt(ops.stack([per_layer(ops.square(hi)) for hi in h]))  # (D, L)
+        norms = ops.sqrt(ops.transpose(
+            backend.segment_sum(ops.square(ops.stack(h, axis=1)), lids, n_layers)))  # (D, L)
         mu = ops.mean(norms, axis=0)
         sigma = ops.sqrt(ops.mean(ops.square(norms - mu), axis=0))
         # With two domains |n_i - mu| == sigma exactly: not an outlier.
