@@ -1,7 +1,7 @@
 """The backend seam: the only place where kdg knows which Keras backend runs.
 
 Each backend module (``jax.py``, ``tensorflow.py``, ``torch.py``, laid out like
-``keras/src/backend/<name>/``) provides four things:
+``keras/src/backend/<name>/``) provides three things:
 
 - ``value_and_grad(fn)``: for ``fn(params, *args) -> (loss, aux)``, a function
   ``(params, *args) -> ((loss, aux), grads)`` where ``params`` is a list of
@@ -9,9 +9,6 @@ Each backend module (``jax.py``, ``tensorflow.py``, ``torch.py``, laid out like
   stateless function of ``params`` (``model.stateless_call`` inside).
 - ``stateful_cond(pred, true_fn, false_fn, variables)``: ``ops.cond`` for
   branches that assign to Keras variables (an optimizer step, say).
-- ``segment_sum(data, segment_ids, num_segments)``: sums of ``data``'s rows
-  per segment, for *sorted* ids that cover ``0 .. num_segments - 1`` (the
-  fastest kernel each framework has for that case; CorGrad's surgery).
 - ``TrainStep``: a mixin whose ``train_step`` has the signature that backend's
   Keras trainer calls, and which runs the model's stateful-style
   ``_dg_train_step(data)`` (inside a ``keras.StatelessScope`` on JAX).
@@ -24,16 +21,16 @@ import keras
 _name = keras.backend.backend()
 
 if _name == "jax":
-    from kdg.backend.jax import TrainStep, segment_sum, stateful_cond, value_and_grad
+    from kdg.backend.jax import TrainStep, stateful_cond, value_and_grad
 elif _name == "tensorflow":
-    from kdg.backend.tensorflow import TrainStep, segment_sum, stateful_cond, value_and_grad
+    from kdg.backend.tensorflow import TrainStep, stateful_cond, value_and_grad
 elif _name == "torch":
-    from kdg.backend.torch import TrainStep, segment_sum, stateful_cond, value_and_grad
+    from kdg.backend.torch import TrainStep, stateful_cond, value_and_grad
 else:  # pragma: no cover - Keras itself only ships these three for training
     raise ImportError(
         f"kdg supports the jax, tensorflow and torch Keras backends; "
         f"KERAS_BACKEND={_name!r}. Set KERAS_BACKEND to one of those."
     )
 
-__all__ = ["TrainStep", "segment_sum", "stateful_cond", "value_and_grad", "name"]
+__all__ = ["TrainStep", "stateful_cond", "value_and_grad", "name"]
 name = _name

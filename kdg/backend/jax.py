@@ -15,10 +15,6 @@ def value_and_grad(fn):
     return jax.value_and_grad(fn, has_aux=True)
 
 
-def segment_sum(data, segment_ids, num_segments):
-    return ops.segment_sum(data, segment_ids, num_segments=num_segments, sorted=True)
-
-
 def _scoped(fn, variables):
     def run():
         mapping = [(v, v.value) for v in variables]

@@ -17,11 +17,6 @@ def value_and_grad(fn):
     return wrapped
 
 
-def segment_sum(data, segment_ids, num_segments):
-    # The sorted kernel; its output has max(id) + 1 = num_segments rows.
-    return tf.math.segment_sum(data, segment_ids)
-
-
 def stateful_cond(pred, true_fn, false_fn, variables):
     # tf.cond runs side effects (variable assignments) of the taken branch.
     return ops.cond(pred, true_fn, false_fn)

@@ -23,16 +23,6 @@ def value_and_grad(fn):
     return wrapped
 
 
-def segment_sum(data, segment_ids, num_segments):
-    # Keras' torch segment_sum repeats the ids to data's shape and runs
-    # scatter_reduce; index_add_ sums whole rows at once, several times faster.
-    data = ops.convert_to_tensor(data)
-    ids = ops.convert_to_tensor(segment_ids).to(torch.int64)
-    out = torch.zeros((num_segments,) + tuple(data.shape[1:]), dtype=data.dtype,
-                      device=data.device)
-    return out.index_add_(0, ids, data)
-
-
 def stateful_cond(pred, true_fn, false_fn, variables):
     return ops.cond(pred, true_fn, false_fn)
 
