@@ -93,9 +93,9 @@ class CorGrad(Algorithm):
     def _layout(self, variables):
         """The static layout of the chunks, in *groups* of equal chunk length.
 
-        A variable's gradient, output axis first, is `n` chunks of `rows`
-        rows each (torch.chunk's sizes; the last chunk is zero-padded to the
-        others' length), i.e. an (n, length) matrix. Variables whose chunks
+        A variable's gradient, output axis first, is `n` chunks of
+        `per_chunk` rows each (torch.chunk's sizes; the last chunk is
+        zero-padded to the others' length), i.e. an (n, length) matrix. Variables whose chunks
         have the same length share a group, an (n_1 + n_2 + ..., length)
         matrix, so that all chunks of a group are reduced by one sum over the
         last axis and scaled by one broadcast: no per-element index arrays,
@@ -236,8 +236,6 @@ class CorGrad(Algorithm):
             h = self._smooth(h, groups, chunk_layer, n_layers, variables, step)
         update = [sum(h[i][j] for i in range(num)) for j in range(len(groups))]
         logs = {"modification_ratio": ratio, "modification_frequency": frequency}
-        if pieces is None:
-            return self._from_groups(update, None, variables), logs
         return self._from_groups(update, pieces, variables), logs
 
     def _alpha(self, step):
