@@ -117,40 +117,48 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), parsed
 
 
+def set_dotted(config: dict, keys: list[str], value: Any) -> None:
+    """config[k1][k2]...[kn] = value, making the sections that are missing."""
+    node = config
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[keys[-1]] = value
+
+
 def apply_overrides(config: dict, overrides: list[str]) -> dict:
     for text in overrides:
-        keys, value = parse_override(text)
-        node = config
-        for key in keys[:-1]:
-            if not isinstance(node.get(key), dict):
-                node[key] = {}
-            node = node[key]
-        node[keys[-1]] = value
+        set_dotted(config, *parse_override(text))
     return config
 
 
-def _fix_yaml_floats(node):
+def fix_yaml_floats(node):
     """YAML 1.1 reads 5e-5 (no dot) as a string: make such strings floats."""
     if isinstance(node, dict):
-        return {k: _fix_yaml_floats(v) for k, v in node.items()}
+        return {k: fix_yaml_floats(v) for k, v in node.items()}
     if isinstance(node, list):
-        return [_fix_yaml_floats(v) for v in node]
+        return [fix_yaml_floats(v) for v in node]
     if isinstance(node, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)e[-+]?\d+", node, re.I):
         return float(node)
     return node
 
 
-def read_yaml(path: str | Path) -> dict:
+def read_yaml(path: str | Path, kind: str = "recipe", needs: str = "a 'dataset' section",
+              error_type: type[Exception] = None) -> dict:
+    """A YAML mapping from a file (a recipe, or what `kind` names), with
+    one clear error (`error_type`, RecipeError by default) when it is not."""
+    error_type = error_type or RecipeError
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(f"recipe {str(path)!r} does not exist")
+        raise error_type(f"{kind} {str(path)!r} does not exist")
     try:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise RecipeError(f"recipe {str(path)!r} is not valid YAML: {error}") from None
+        raise error_type(f"{kind} {str(path)!r} is not valid YAML: {error}") from None
     if not isinstance(config, dict):
-        raise RecipeError(f"recipe {str(path)!r} must be a mapping with a 'dataset' section")
-    return _fix_yaml_floats(config)
+        raise error_type(f"{kind} {str(path)!r} must be a mapping with {needs}")
+    return fix_yaml_floats(config)
 
 
 # -- validation --------------------------------------------------------------------

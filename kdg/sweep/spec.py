@@ -36,12 +36,10 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kdg import recipes
@@ -102,27 +100,6 @@ def default_backend() -> str:
     import keras
 
     return keras.backend.backend()
-
-
-def _fix_yaml_floats(node):
-    """YAML 1.1 reads 5e-5 (no dot) as a string: make such strings floats."""
-    if isinstance(node, dict):
-        return {k: _fix_yaml_floats(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_fix_yaml_floats(v) for v in node]
-    if isinstance(node, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)e[-+]?\d+", node, re.I):
-        return float(node)
-    return node
-
-
-def _set_dotted(config: dict, key: str, value: Any) -> None:
-    keys = key.split(".")
-    node = config
-    for part in keys[:-1]:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[keys[-1]] = value
 
 
 def _read_base(spec: SweepSpec, where: Path, problems: list[str]) -> dict:
@@ -194,15 +171,7 @@ def load_sweep(source: str | os.PathLike | Mapping[str, Any], backend: str | Non
         where = Path.cwd()
     else:
         path = Path(source)
-        if not path.is_file():
-            raise SweepError(f"sweep file {str(path)!r} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            raise SweepError(f"sweep file {str(path)!r} is not valid YAML: {error}") from None
-        if not isinstance(raw, dict):
-            raise SweepError(f"sweep file {str(path)!r} must be a mapping with a 'base' recipe")
-        raw = _fix_yaml_floats(raw)
+        raw = recipes.read_yaml(path, "sweep file", "a 'base' recipe", SweepError)
         where = path.resolve().parent
     try:
         spec = SweepSpec.model_validate(raw)
@@ -217,7 +186,7 @@ def load_sweep(source: str | os.PathLike | Mapping[str, Any], backend: str | Non
         if not all(part.isidentifier() for part in str(key).split(".")):
             problems.append(f"overrides.{key}: not a dotted key like training.steps.")
         else:
-            _set_dotted(base, str(key), value)
+            recipes.set_dotted(base, str(key).split("."), value)
     if backend is not None and backend not in BACKENDS:
         problems.append(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}.")
     chosen = backend or spec.backend or base.get("backend")
