@@ -152,10 +152,6 @@ def machine():
     }
 
 
-def finite_positive(value):
-    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
-
-
 # -- the protocol shared by the workers ------------------------------------------------
 
 def repeats_of(name, config):
