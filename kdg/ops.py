@@ -27,7 +27,11 @@ def pairwise_cosines(stacked):
 
     A zero gradient has cosine 0 with everything.
     """
-    g = gram(stacked)
+    return gram_cosines(gram(stacked))
+
+
+def gram_cosines(g):
+    """The pairwise cosines i < j from a (D, D) Gram matrix."""
     d = g.shape[0]
     norms = ops.sqrt(ops.maximum(ops.diagonal(g), 0.0))
     denom = norms[:, None] * norms[None, :]
@@ -36,7 +40,12 @@ def pairwise_cosines(stacked):
     return ops.take(ops.reshape(cos, (-1,)), ops.convert_to_tensor(i * d + j))
 
 
+def gram_cosine_stats(g):
+    """(min, mean) of the pairwise cosines, from a (D, D) Gram matrix."""
+    cos = gram_cosines(g)
+    return ops.min(cos), ops.mean(cos)
+
+
 def cosine_stats(stacked):
     """(min, mean) of the pairwise cosines."""
-    cos = pairwise_cosines(stacked)
-    return ops.min(cos), ops.mean(cos)
+    return gram_cosine_stats(gram(stacked))

@@ -102,14 +102,22 @@ def corgrad_reference_steps(params, x, y, steps, lr, **kwargs):
         dict(n_parts=2, smoothing=False),
         dict(granularity="model"),
         dict(granularity="element"),
+        # 80 features: kernel chunks of 160-640 elements, corrected through
+        # their Gram matrices; the bias's chunks as vectors
+        dict(n_parts=2, alpha=0.6, features=80),
+        dict(n_parts=3, alpha=0.3, features=80),
+        dict(n_parts=5, alpha=0.6, features=80),
+        dict(n_parts=1, smoothing=False, features=80),
     ],
 )
 def test_corgrad_matches_reference(options):
     # 8 classes: chunks of several elements (in a 2-element chunk, four
     # domains' projections can cancel exactly, and the sign of a dot product
     # of rounding errors decides what follows)
-    x, y = make_data(num_domains=4, classes=8, seed=3)
-    params = init_params(classes=8)
+    options = dict(options)
+    features = options.pop("features", 5)
+    x, y = make_data(num_domains=4, features=features, classes=8, seed=3)
+    params = init_params(features=features, classes=8)
     model = softmax_regression(CorGrad(**options), params, keras.optimizers.SGD(0.1))
     logs = train(model, x, y, 2)
     ref_options = {k: v for k, v in options.items()}
@@ -123,8 +131,8 @@ def test_corgrad_matches_reference(options):
 
 
 def test_corgrad_log_decay_schedule_and_pcgrad_projection(params):
-    x, y = make_data(num_domains=2, classes=8, seed=4)
-    params = init_params(classes=8)
+    x, y = make_data(num_domains=2, features=40, classes=8, seed=4)
+    params = init_params(features=40, classes=8)  # kernel chunks of 160 elements
     total = 10
     model = softmax_regression(
         CorGrad(n_parts=2, alpha=0.8, alpha_schedule="log_decay", total_steps=total,

@@ -8,22 +8,36 @@ Per step:
    axis of a Keras kernel) into `n_parts` chunks of torch.chunk's sizes
    (ceil(rows / n_parts) rows each, the last smaller);
 4. conflict removal per chunk, PCGrad-style: for each domain i, for each other
-   domain p in ascending order, if a.b < 0 (by more than rounding:
-   a.b < -tie_tolerance |a| |b|, and b not cancelled to rounding residue by
-   earlier projections: |a|, |b| > tie_tolerance times their norm before
-   projection) then a <- a - (a.b / |b|^2) b, where
-   b is domain p's chunk as already projected (in place, as the reference
-   code does; `projection="pcgrad"` projects against the original gradients
-   in a random order instead);
+   domain p in ascending order, if a.b < 0 then a <- a - (a.b / |b|^2) b,
+   where b is domain p's chunk as already projected (in place, as the
+   reference code does; `projection="pcgrad"` projects against the original
+   gradients in a random order instead);
 5. per layer, domains whose gradient norm is more than one standard
    deviation from the mean are outliers: H_i <- alpha H_i + (1 - alpha) m,
    with m the mean of the other domains' H;
 6. the update is the SUM over domains, one optimizer step.
 
-All (layer, chunk) pairs are processed at once: the chunks of equal length
-are rows of one matrix per domain (zero-padded where torch.chunk's last
-chunk is shorter), so a domain pair is one sum over the last axis and one
-broadcast per distinct chunk length. Only the D*(D-1) pairs are sequential.
+"a.b < 0" means more than rounding: a.b < -tie_tolerance |a| |b|, with a and
+b not cancelled to rounding residue by earlier projections (|a|, |b| >
+tie_tolerance times their norm before projection). After a is projected
+against b, a.b is 0 in exact arithmetic and its sign in floating point is
+noise.
+
+How it is computed. Only the D*(D-1) domain pairs are sequential; every
+(layer, chunk) is processed at once, in two representations:
+
+- Long chunks (at least `GRAM_MIN_LENGTH` elements; every kernel of a
+  convolutional network): a corrected chunk is a linear combination of the
+  domains' original chunks, h_i = sum_j c_ij g_j, so the surgery runs on the
+  chunks' (D, D) Gram matrices G and the coefficients c (a.b = c_a' G c_b).
+  The gradients are read twice: once for G, once for the final sum. A float32
+  G resolves |h|^2 only to about ROUNDING * s^2, with s = sum_j |c_ij| |g_j|
+  the scale of the terms, so there a chunk cancelled below that counts as
+  cancelled and a conflict must also exceed ROUNDING * s_a * s_b.
+- Short chunks (biases, normalization parameters, narrow layers, and every
+  chunk at `granularity="element"`), where D coefficients can describe a
+  chunk of fewer dimensions only badly: the chunks themselves, zero-padded to
+  one length, as rows of one (chunks, length) matrix per domain.
 """
 
 import math
@@ -33,7 +47,7 @@ from keras import ops
 
 from kdg import random as kdg_random
 from kdg.algorithms.base import Algorithm
-from kdg.ops import cosine_stats
+from kdg.ops import gram_cosine_stats
 
 GRANULARITIES = ("layer", "model", "element")
 
@@ -41,6 +55,8 @@ GRANULARITIES = ("layer", "model", "element")
 class CorGrad(Algorithm):
     name = "corgrad"
     needs_domain_pairs = True
+    #: chunks at least this long are corrected through their Gram matrices
+    GRAM_MIN_LENGTH = 128
 
     def __init__(
         self,
@@ -91,108 +107,124 @@ class CorGrad(Algorithm):
 
     # -- layout --------------------------------------------------------------
     def _layout(self, variables):
-        """The static layout of the chunks, in *groups* of equal chunk length.
+        """Where every chunk lies, fixed when the step is traced.
 
-        A variable's gradient, output axis first, is `n` chunks of
-        `per_chunk` rows each (torch.chunk's sizes; the last chunk is
-        zero-padded to the others' length), i.e. an (n, length) matrix. Variables whose chunks
-        have the same length share a group, an (n_1 + n_2 + ..., length)
-        matrix, so that all chunks of a group are reduced by one sum over the
-        last axis and scaled by one broadcast: no per-element index arrays,
-        and the work per domain pair grows with the number of distinct chunk
-        lengths, not with the number of variables or chunks.
-
-        Returns (pieces, groups, chunk_layer, n_layers): per variable
-        (group, first chunk, chunks, rows per chunk, rows); per group (length,
-        chunks, active (chunks,) bool); the layer of every chunk, groups in
-        order; the number of layers (what is smoothed)."""
-        if self.granularity == "model":
-            size = sum(math.prod(tuple(v.shape) or (1,)) for v in variables)
-            return None, [(size, 1, np.array([True]))], np.zeros(1, "int32"), 1
-        lengths, pieces = {}, []
-        for v in variables:
-            shape = tuple(v.shape) or (1,)
-            rows, cols = shape[-1], math.prod(shape[:-1])
-            if self.granularity == "element":
-                rows, cols = math.prod(shape), 1
-                per_chunk, n = 1, rows
-            else:
-                per_chunk = math.ceil(rows / self.n_parts)
-                n = math.ceil(rows / per_chunk)
-            length = per_chunk * cols
-            group = lengths.setdefault(length, len(lengths))
-            pieces.append([group, None, n, per_chunk, rows])
-        groups, chunk_layer, count = [], [], [0] * len(lengths)
-        active = [[] for _ in lengths]
-        layers = [[] for _ in lengths]
-        for index, (v, piece) in enumerate(zip(variables, pieces)):
-            group, n = piece[0], piece[2]
-            piece[1] = count[group]
-            count[group] += n
-            active[group] += [self._takes_part(v)] * n
-            layers[group] += [index] * n
-        for length, group in lengths.items():
-            groups.append((length, count[group], np.array(active[group])))
-            chunk_layer += layers[group]
-        return [tuple(p) for p in pieces], groups, np.array(chunk_layer, "int32"), len(variables)
-
-    @staticmethod
-    def _to_groups(stacked, pieces, groups):
-        """Stacked per-domain gradients -> per group (D, chunks, length)."""
-        if pieces is None:  # granularity "model": one chunk of everything
-            flat = [ops.reshape(g, (g.shape[0], -1)) for g in stacked]
-            return [ops.expand_dims(ops.concatenate(flat, axis=1), 1)]
-        members = [[] for _ in groups]
-        for g, (group, _, n, per_chunk, rows) in zip(stacked, pieces):
-            if len(g.shape) > 2:
-                g = ops.moveaxis(g, -1, 1)  # output axis first
-            g = ops.reshape(g, (g.shape[0], rows, -1))  # (element granularity: cols 1)
-            if n * per_chunk != rows:
-                g = ops.pad(g, [(0, 0), (0, n * per_chunk - rows), (0, 0)])
-            members[group].append(ops.reshape(g, (g.shape[0], n, -1)))
-        return [m[0] if len(m) == 1 else ops.concatenate(m, axis=1) for m in members]
-
-    @staticmethod
-    def _from_groups(grouped, pieces, variables):
-        """Per group (chunks, length) -> a list like the variables."""
-        out, start = [], 0
-        for v, piece in zip(variables, pieces or [None] * len(variables)):
+        Per variable, a `Piece`: its gradient viewed as an (M, rows) matrix
+        (rows: the output axis), cut into `chunks` chunks of `per_chunk`
+        rows, each of `length` = per_chunk * M elements, in the Gram or the
+        vector representation. Chunks are numbered Gram ones first, then
+        vector ones, each in variable order."""
+        pieces, gram_count, vector_count = [], 0, 0
+        for index, v in enumerate(variables):
             shape = tuple(v.shape)
             size = math.prod(shape)
-            if piece is None:  # granularity "model"
-                flat = ops.reshape(grouped[0], (-1,))[start : start + size]
-                start += size
-                out.append(ops.reshape(flat, shape))
-                continue
-            group, first, n, per_chunk, rows = piece
-            block = ops.reshape(grouped[group][first : first + n], (n * per_chunk, -1))[:rows]
-            if len(shape) <= 1:
-                out.append(ops.reshape(block, shape))
+            rows = shape[-1] if shape else 1
+            if self.granularity == "element":
+                rows, per_chunk = size, 1
+            elif self.granularity == "model":
+                per_chunk = rows
             else:
-                moved = (shape[-1],) + shape[:-1]
-                out.append(ops.moveaxis(ops.reshape(block, moved), 0, -1))
+                per_chunk = math.ceil(rows / self.n_parts)  # torch.chunk's sizes
+            chunks = math.ceil(rows / per_chunk)
+            length = per_chunk * (size // rows)
+            gram = self.granularity == "model" or (
+                self.granularity == "layer" and length >= self.GRAM_MIN_LENGTH)
+            first = gram_count if gram else vector_count
+            if self.granularity != "model" or not pieces:
+                if gram:
+                    gram_count += chunks
+                else:
+                    vector_count += chunks
+            pieces.append(Piece(index, shape, rows, per_chunk, chunks, length, gram,
+                                0 if self.granularity == "model" else first,
+                                self._takes_part(v)))
+        return pieces, gram_count, vector_count
+
+    def _chunk_layer(self, pieces, gram_count, vector_count):
+        """Per chunk, its layer and whether it takes part; the number of layers."""
+        if self.granularity == "model":
+            return np.zeros(1, "int32"), np.array([True]), 1
+        layer = np.zeros(gram_count + vector_count, "int32")
+        active = np.zeros(gram_count + vector_count, bool)
+        for p in pieces:
+            start = p.first + (0 if p.gram else gram_count)
+            layer[start : start + p.chunks] = p.index
+            active[start : start + p.chunks] = p.active
+        return layer, active, len(pieces)
+
+    # -- the two representations --------------------------------------------
+    def _grams(self, stacked, pieces):
+        """The long chunks' (D, D) Gram matrices: (chunks, D, D)."""
+        grams = []
+        for g, p in zip(stacked, pieces):
+            if not p.gram:
+                continue
+            num = g.shape[0]
+            g = ops.reshape(g, (num, -1, p.rows))  # (D, M, rows)
+            pairs = {}
+            for d in range(num):
+                for e in range(d, num):
+                    pairs[d, e] = pairs[e, d] = ops.sum(g[d] * g[e], axis=0)  # per row
+            gram = ops.stack([ops.stack([pairs[d, e] for e in range(num)], -1)
+                              for d in range(num)], -2)  # (rows, D, D)
+            if self.granularity == "model":
+                gram = ops.sum(gram, axis=0, keepdims=True)
+            elif p.per_chunk > 1:
+                gram = ops.einsum("rc,rde->cde", p.segments(gram.dtype), gram)
+            grams.append(gram)
+        if self.granularity == "model":
+            return sum(grams)
+        return grams[0] if len(grams) == 1 else ops.concatenate(grams, axis=0)
+
+    @staticmethod
+    def _vectors(stacked, pieces):
+        """The short chunks, rows of one (D, chunks, length) tensor."""
+        width = max([p.length for p in pieces if not p.gram], default=1)
+        rows = []
+        for g, p in zip(stacked, pieces):
+            if p.gram:
+                continue
+            num = g.shape[0]
+            g = ops.swapaxes(ops.reshape(g, (num, -1, p.rows)), 1, 2)  # (D, rows, M)
+            g = ops.pad(g, [(0, 0), (0, p.chunks * p.per_chunk - p.rows), (0, 0)])
+            g = ops.reshape(g, (num, p.chunks, p.length))
+            rows.append(ops.pad(g, [(0, 0), (0, 0), (0, width - p.length)]))
+        return rows[0] if len(rows) == 1 else ops.concatenate(rows, axis=1)
+
+    @staticmethod
+    def _update(stacked, pieces, weights, vectors):
+        """Each variable's update: sum_j weights[chunk, j] g_j for a Gram
+        piece, the summed vector chunks for the others."""
+        out = []
+        for g, p in zip(stacked, pieces):
+            num = g.shape[0]
+            if p.gram:
+                w = weights[p.first : p.first + p.chunks]
+                if p.per_chunk > 1:
+                    w = ops.matmul(p.segments(w.dtype), w)  # (rows, D)
+                g = ops.reshape(g, (num, -1, p.rows))
+                u = sum(w[:, d] * g[d] for d in range(num))
+            else:
+                u = vectors[p.first : p.first + p.chunks, : p.length]
+                u = ops.reshape(u, (p.chunks * p.per_chunk, -1))[: p.rows]
+                u = ops.swapaxes(u, 0, 1)
+            out.append(ops.reshape(u, p.shape))
         return out
 
     # -- surgery -------------------------------------------------------------
     def surgery(self, stacked, variables, key=None, step=None):
-        """The corrected update (a list like the variables) and diagnostics,
-        from stacked per-domain gradients."""
-        pieces, groups, chunk_layer, n_layers = self._layout(variables)
-        g = self._to_groups(stacked, pieces, groups)  # per group (D, chunks, length)
+        """The corrected update (a list like the variables), the diagnostics,
+        and the (D, D) Gram matrix of the whole per-domain gradients."""
+        pieces, n_gram, n_vector = self._layout(variables)
+        chunk_layer, active, n_layers = self._chunk_layer(pieces, n_gram, n_vector)
         num = stacked[0].shape[0]
+        considered = float(num * (num - 1) * int(active.sum()))
+        parts = []
+        if n_gram:
+            parts.append(_Coefficients(self._grams(stacked, pieces), active[:n_gram]))
+        if n_vector:
+            parts.append(_Vectors(self._vectors(stacked, pieces), active[n_gram:]))
 
-        bounds = np.cumsum([0] + [chunks for _, chunks, _ in groups]).tolist()
-        active = ops.convert_to_tensor(np.concatenate([act for _, _, act in groups]))
-
-        def dots(a, b):
-            """Chunk dot products, all groups: (chunks,). A batched dot (no
-            product tensor) per group, then one vector."""
-            out = [ops.sum(ak * bk, axis=-1) for ak, bk in zip(a, b)]
-            return out[0] if len(out) == 1 else ops.concatenate(out)
-
-        # squared norms of the original chunks: (D, chunks)
-        orig_sq = ops.stack([dots([gk[i] for gk in g], [gk[i] for gk in g]) for i in range(num)])
-        h = [[gk[i] for gk in g] for i in range(num)]  # h[domain][group]: (chunks, length)
         made = 0.0
         tol = self.tie_tolerance
         for i in range(num):
@@ -200,43 +232,38 @@ class CorGrad(Algorithm):
                 order = ops.argsort(kdg_random.uniform((num,), kdg_random.fold_in(key, i)))
             for k in range(num):
                 if self.projection == "pcgrad":
-                    p = order[k]
-                    b = [ops.take(gk, p, axis=0) for gk in g]
-                    skip = p == i
-                    bb_orig = ops.take(orig_sq, p, axis=0)
+                    other, skip = order[k], order[k] == i
+                elif k == i:
+                    continue
                 else:
-                    if k == i:
-                        continue
-                    b, skip, bb_orig = h[k], False, orig_sq[k]
-                a = h[i]
-                dot, bb, aa = dots(a, b), dots(b, b), dots(a, a)
-                # After a is projected against b, a.b is 0 in exact arithmetic
-                # and its sign in floating point is noise: a conflict must be
-                # more than rounding. Likewise a chunk that projections
-                # cancelled is rounding residue, not a direction to project
-                # against.
-                limit = -tol * ops.sqrt(aa * bb)
-                alive = ops.logical_and(bb > tol * tol * bb_orig, aa > tol * tol * orig_sq[i])
-                conflict = ops.logical_and(
-                    ops.logical_and(dot < limit, alive),
-                    ops.logical_and(active, ops.logical_not(skip)),
-                )
-                coef = ops.where(conflict, dot / ops.where(bb > 0, bb, 1.0), 0.0)
-                made = made + ops.sum(ops.cast(conflict, "float32"))
-                h[i] = [ak - ops.expand_dims(coef[lo:hi], -1) * bk
-                        for ak, bk, lo, hi in zip(a, b, bounds[:-1], bounds[1:])]
-        considered = float(num * (num - 1) * sum(int(active.sum()) for _, _, active in groups))
-        removed = sum(ops.sum(ops.square(gk - ops.stack([h[i][j] for i in range(num)])))
-                      for j, gk in enumerate(g))
-        total = sum(ops.sum(ops.square(gk)) for gk in g)
-        ratio = ops.sqrt(removed) / ops.maximum(ops.sqrt(total), 1e-30)
-        frequency = made / max(considered, 1.0)
+                    other, skip = k, False
+                for part in parts:
+                    b, bb_before = part.other(other)
+                    a = part.h[i]
+                    dot, aa, bb = part.dot(a, b), part.dot(a, a), part.dot(b, b)
+                    sa, sb = part.scale(a), part.scale(b)
+                    alive = ops.logical_and(aa > tol * tol * part.before[i] + sa * sa,
+                                            bb > tol * tol * bb_before + sb * sb)
+                    conflict = ops.logical_and(
+                        ops.logical_and(dot < -tol * ops.sqrt(aa * bb) - sa * sb, alive),
+                        ops.logical_and(part.active, ops.logical_not(skip)),
+                    )
+                    coef = ops.where(conflict, dot / ops.where(bb > 0, bb, 1.0), 0.0)
+                    made = made + ops.sum(ops.cast(conflict, "float32"))
+                    part.h[i] = a - ops.expand_dims(coef, -1) * b
 
+        removed = sum(part.removed() for part in parts)
+        total = sum(part.total() for part in parts)  # (D, D): the whole gradients'
+        ratio = ops.sqrt(ops.maximum(removed, 0.0)) / ops.maximum(ops.sqrt(ops.trace(total)),
+                                                                 1e-30)
+        frequency = made / max(considered, 1.0)
         if self.smoothing:
-            h = self._smooth(h, groups, chunk_layer, n_layers, variables, step)
-        update = [sum(h[i][j] for i in range(num)) for j in range(len(groups))]
+            self._smooth(parts, chunk_layer, active, n_layers, step)
+        weights = sum(parts[0].h) if n_gram else None
+        vectors = sum(parts[-1].h) if n_vector else None
+        update = self._update(stacked, pieces, weights, vectors)
         logs = {"modification_ratio": ratio, "modification_frequency": frequency}
-        return self._from_groups(update, pieces, variables), logs
+        return update, logs, total
 
     def _alpha(self, step):
         if self.alpha_schedule == "constant":
@@ -245,23 +272,20 @@ class CorGrad(Algorithm):
         decay = 1.0 - ops.log(t + 1.0) / math.log(self.total_steps)
         return self.alpha * ops.maximum(decay, 0.0)
 
-    def _smooth(self, h, groups, chunk_layer, n_layers, variables, step):
+    def _smooth(self, parts, chunk_layer, active, n_layers, step):
         """Per layer, a domain whose gradient norm is more than one standard
         deviation from the mean is pulled towards the others' mean."""
-        if self.granularity == "model":
-            layer_active = np.array([True])
-        else:
-            layer_active = np.array([self._takes_part(v) for v in variables])
-        num = len(h)
+        num = len(parts[0].h)
+        layer_active = np.zeros(n_layers, bool)
+        layer_active[chunk_layer] = active
         # chunk -> layer as a (chunks, layers) 0/1 matrix: layer sums are one
         # small matmul, and a layer's value goes back to its chunks by another
         onehot = np.zeros((len(chunk_layer), n_layers), "float32")
         onehot[np.arange(len(chunk_layer)), chunk_layer] = 1.0
         onehot = ops.convert_to_tensor(onehot)
-        chunk_sq = ops.stack([
-            ops.concatenate([ops.sum(ops.square(hij), axis=-1) for hij in hi], axis=0)
-            for hi in h
-        ])  # (D, chunks)
+        chunk_sq = ops.concatenate(
+            [ops.stack([ops.maximum(part.dot(h, h), 0.0) for h in part.h]) for part in parts],
+            axis=1)  # (D, chunks)
         norms = ops.sqrt(ops.matmul(chunk_sq, onehot))  # (D, layers)
         mu = ops.mean(norms, axis=0)
         sigma = ops.sqrt(ops.mean(ops.square(norms - mu), axis=0))
@@ -277,23 +301,21 @@ class CorGrad(Algorithm):
         # and whether it is smoothed
         weight = ops.matmul(keep / count, ops.transpose(onehot))  # (D, chunks)
         smoothed = ops.matmul(ops.cast(outlier, "float32"), ops.transpose(onehot)) > 0.5
-        bounds = np.cumsum([0] + [chunks for _, chunks, _ in groups])
-        out = [[] for _ in range(num)]
-        for j in range(len(groups)):
-            lo, hi_ = int(bounds[j]), int(bounds[j + 1])
-            w = [ops.expand_dims(weight[i, lo:hi_], -1) for i in range(num)]
-            mean_kept = sum(w[i] * h[i][j] for i in range(num))
-            for i in range(num):
-                mask = ops.expand_dims(smoothed[i, lo:hi_], -1)
-                out[i].append(ops.where(mask, alpha * h[i][j] + (1 - alpha) * mean_kept,
-                                        h[i][j]))
-        return out
+        start = 0
+        for part in parts:
+            end = start + part.h[0].shape[0]
+            mean_kept = sum(ops.expand_dims(weight[k, start:end], -1) * h
+                            for k, h in enumerate(part.h))
+            part.h = [ops.where(ops.expand_dims(smoothed[i, start:end], -1),
+                                alpha * h + (1 - alpha) * mean_kept, h)
+                      for i, h in enumerate(part.h)]
+            start = end
 
     def step(self, ctx, x, y):
         losses, stacked, y_pred, state = ctx.domain_grads(x, y)
         ctx.set_state(state)
-        cos_min, cos_mean = cosine_stats(stacked)
-        update, logs = self.surgery(stacked, ctx.variables, key=ctx.key, step=ctx.step)
+        update, logs, gram = self.surgery(stacked, ctx.variables, key=ctx.key, step=ctx.step)
+        cos_min, cos_mean = gram_cosine_stats(gram)
         ctx.apply(update)
         logs.update(loss=ops.mean(losses), grad_cos_min=cos_min, grad_cos_mean=cos_mean)
         return logs, y_pred
@@ -310,3 +332,87 @@ class CorGrad(Algorithm):
             "total_steps": self.total_steps,
             "tie_tolerance": self.tie_tolerance,
         }
+
+
+class Piece:
+    """One variable's place in the surgery (see `CorGrad._layout`)."""
+
+    def __init__(self, index, shape, rows, per_chunk, chunks, length, gram, first, active):
+        self.index, self.shape, self.rows = index, shape, rows
+        self.per_chunk, self.chunks, self.length = per_chunk, chunks, length
+        self.gram, self.first, self.active = gram, first, active
+
+    def segments(self, dtype):
+        """The (rows, chunks) 0/1 matrix that sums rows into chunks."""
+        matrix = np.arange(self.rows)[:, None] // self.per_chunk == np.arange(self.chunks)
+        return ops.convert_to_tensor(matrix.astype("float32"), dtype=dtype)
+
+
+class _Coefficients:
+    """Long chunks as coefficients over the domains' original chunks:
+    h[i] is (chunks, D), the chunk h_i = sum_j h[i][:, j] g_j."""
+
+    #: float32 Gram matrices resolve c' G c to about this times (sum |c| |g|)^2:
+    #: some 17 units of float32 rounding, for entries summed over long chunks
+    ROUNDING = 1e-6
+
+    def __init__(self, gram, active):
+        self.gram = gram  # (chunks, D, D)
+        chunks, num = gram.shape[0], gram.shape[-1]
+        self.eye = ops.convert_to_tensor(np.eye(num, dtype="float32"))
+        self.h = [ops.broadcast_to(self.eye[i], (chunks, num)) for i in range(num)]
+        self.norms = ops.sqrt(ops.maximum(ops.diagonal(gram, axis1=1, axis2=2), 0.0))
+        self.before = [ops.square(self.norms[:, i]) for i in range(num)]
+        self.active = ops.convert_to_tensor(active)
+
+    def other(self, p):
+        """Domain p's current chunk and its squared norm before projection
+        (p may be a traced index: the original chunk, as in PCGrad)."""
+        if isinstance(p, int):
+            return self.h[p], self.before[p]
+        b = ops.broadcast_to(ops.take(self.eye, p, axis=0), self.h[0].shape)
+        return b, ops.take(ops.square(self.norms), p, axis=1)
+
+    def dot(self, a, b):
+        return ops.sum(a * ops.sum(self.gram * ops.expand_dims(b, 1), axis=-1), axis=-1)
+
+    def scale(self, a):
+        """sqrt(ROUNDING) times the scale of the terms of a: (chunks,)."""
+        return math.sqrt(self.ROUNDING) * ops.sum(ops.abs(a) * self.norms, axis=-1)
+
+    def removed(self):
+        return sum(ops.sum(self.dot(self.eye[i] - h, self.eye[i] - h))
+                   for i, h in enumerate(self.h))
+
+    def total(self):
+        return ops.sum(self.gram, axis=0)
+
+
+class _Vectors:
+    """Short chunks as themselves: h[i] is (chunks, length)."""
+
+    def __init__(self, g, active):
+        self.g = g  # (D, chunks, length)
+        self.h = [g[i] for i in range(g.shape[0])]
+        self.before = [ops.sum(ops.square(h), axis=-1) for h in self.h]
+        self.active = ops.convert_to_tensor(active)
+
+    def other(self, p):
+        if isinstance(p, int):
+            return self.h[p], self.before[p]
+        return ops.take(self.g, p, axis=0), ops.take(ops.stack(self.before), p, axis=0)
+
+    @staticmethod
+    def dot(a, b):
+        return ops.sum(a * b, axis=-1)
+
+    @staticmethod
+    def scale(a):
+        return 0.0  # computed from the chunks themselves: rounding is relative
+
+    def removed(self):
+        return sum(ops.sum(ops.square(self.g[i] - h)) for i, h in enumerate(self.h))
+
+    def total(self):
+        flat = ops.reshape(self.g, (self.g.shape[0], -1))
+        return ops.matmul(flat, ops.transpose(flat))
