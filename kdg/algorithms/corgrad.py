@@ -26,8 +26,8 @@ noise.
 How it is computed. Only the D*(D-1) domain pairs are sequential; every
 (layer, chunk) is processed at once, in two representations:
 
-- Long chunks (at least `GRAM_MIN_LENGTH` elements; every kernel of a
-  convolutional network): a corrected chunk is a linear combination of the
+- Long chunks (at least `GRAM_MIN_LENGTH` elements: most kernels, and the
+  one chunk at `granularity="model"`): a corrected chunk is a linear combination of the
   domains' original chunks, h_i = sum_j c_ij g_j, so the surgery runs on the
   chunks' (D, D) Gram matrices G and the coefficients c (a.b = c_a' G c_b).
   The gradients are read twice: once for G, once for the final sum. A float32
