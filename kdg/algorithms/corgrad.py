@@ -27,9 +27,10 @@ How it is computed. Only the D*(D-1) domain pairs are sequential; every
 (layer, chunk) is processed at once, in two representations:
 
 - Long chunks (at least `GRAM_MIN_LENGTH` elements: most kernels, and the
-  one chunk at `granularity="model"`): a corrected chunk is a linear combination of the
-  domains' original chunks, h_i = sum_j c_ij g_j, so the surgery runs on the
-  chunks' (D, D) Gram matrices G and the coefficients c (a.b = c_a' G c_b).
+  one chunk at `granularity="model"`): a corrected chunk is a linear
+  combination of the domains' original chunks, h_i = sum_j c_ij g_j, so the
+  surgery runs on the chunks' (D, D) Gram matrices G and the coefficients c
+  (a.b = c_a' G c_b).
   The gradients are read twice: once for G, once for the final sum. A float32
   G resolves |h|^2 only to about ROUNDING * s^2, with s = sum_j |c_ij| |g_j|
   the scale of the terms, so there a chunk cancelled below that counts as
@@ -109,7 +110,7 @@ class CorGrad(Algorithm):
     def _layout(self, variables):
         """Where every chunk lies, fixed when the step is traced.
 
-        Per variable, a `Piece`: its gradient viewed as an (M, rows) matrix
+        Per variable, a `_Piece`: its gradient viewed as an (M, rows) matrix
         (rows: the output axis), cut into `chunks` chunks of `per_chunk`
         rows, each of `length` = per_chunk * M elements, in the Gram or the
         vector representation. Chunks are numbered Gram ones first, then
@@ -135,7 +136,7 @@ class CorGrad(Algorithm):
                     gram_count += chunks
                 else:
                     vector_count += chunks
-            pieces.append(Piece(index, shape, rows, per_chunk, chunks, length, gram,
+            pieces.append(_Piece(index, shape, rows, per_chunk, chunks, length, gram,
                                 0 if self.granularity == "model" else first,
                                 self._takes_part(v)))
         return pieces, gram_count, vector_count
@@ -253,7 +254,7 @@ class CorGrad(Algorithm):
                     part.h[i] = a - ops.expand_dims(coef, -1) * b
 
         removed = sum(part.removed() for part in parts)
-        total = sum(part.total() for part in parts)  # (D, D): the whole gradients'
+        total = sum(part.total() for part in parts)  # Gram matrix of the whole gradients
         ratio = ops.sqrt(ops.maximum(removed, 0.0)) / ops.maximum(ops.sqrt(ops.trace(total)),
                                                                  1e-30)
         frequency = made / max(considered, 1.0)
@@ -275,7 +276,6 @@ class CorGrad(Algorithm):
     def _smooth(self, parts, chunk_layer, active, n_layers, step):
         """Per layer, a domain whose gradient norm is more than one standard
         deviation from the mean is pulled towards the others' mean."""
-        num = len(parts[0].h)
         layer_active = np.zeros(n_layers, bool)
         layer_active[chunk_layer] = active
         # chunk -> layer as a (chunks, layers) 0/1 matrix: layer sums are one
@@ -334,7 +334,7 @@ class CorGrad(Algorithm):
         }
 
 
-class Piece:
+class _Piece:
     """One variable's place in the surgery (see `CorGrad._layout`)."""
 
     def __init__(self, index, shape, rows, per_chunk, chunks, length, gram, first, active):
