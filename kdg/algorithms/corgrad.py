@@ -130,15 +130,14 @@ class CorGrad(Algorithm):
             length = per_chunk * (size // rows)
             gram = self.granularity == "model" or (
                 self.granularity == "layer" and length >= self.GRAM_MIN_LENGTH)
-            first = gram_count if gram else vector_count
-            if self.granularity != "model" or not pieces:
-                if gram:
-                    gram_count += chunks
-                else:
-                    vector_count += chunks
-            pieces.append(_Piece(index, shape, rows, per_chunk, chunks, length, gram,
-                                0 if self.granularity == "model" else first,
-                                self._takes_part(v)))
+            if self.granularity == "model":  # every variable adds to chunk 0
+                first, gram_count = 0, 1
+            elif gram:
+                first, gram_count = gram_count, gram_count + chunks
+            else:
+                first, vector_count = vector_count, vector_count + chunks
+            pieces.append(_Piece(index, shape, rows, per_chunk, chunks, length, gram, first,
+                                 self._takes_part(v)))
         return pieces, gram_count, vector_count
 
     def _chunk_layer(self, pieces, gram_count, vector_count):
