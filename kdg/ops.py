@@ -22,16 +22,10 @@ def gram(stacked):
     return total
 
 
-def pairwise_cosines(stacked):
-    """Cosines of every pair i < j of per-domain gradients, shape (D(D-1)/2,).
-
-    A zero gradient has cosine 0 with everything.
-    """
-    return gram_cosines(gram(stacked))
-
-
 def gram_cosines(g):
-    """The pairwise cosines i < j from a (D, D) Gram matrix."""
+    """The cosines of every pair i < j of per-domain gradients, shape
+    (D(D-1)/2,), from their (D, D) Gram matrix. A zero gradient has cosine 0
+    with everything."""
     d = g.shape[0]
     norms = ops.sqrt(ops.maximum(ops.diagonal(g), 0.0))
     denom = norms[:, None] * norms[None, :]

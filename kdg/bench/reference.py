@@ -24,7 +24,7 @@ import os
 import sys
 from pathlib import Path
 
-from kdg.bench import measure
+from kdg.bench import measure, suite
 
 #: the annealing window that holds every benchmarked step
 ALWAYS = 2 ** 30
@@ -187,9 +187,7 @@ def run(config):
                               int(config["image_size"]), int(config["channels"]),
                               int(config["num_classes"]), int(config["seed"]))
     x = np.ascontiguousarray(x.transpose(0, 1, 4, 2, 3))  # channels first
-    names = list(config["algorithms"])
-    if "gga" in names and "gga_eval" not in names:
-        names.insert(names.index("gga"), "gga_eval")
+    names = suite.timed(config["algorithms"])
     gpu = torch.cuda.is_available()
     result = {
         "runner": "reference",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from kdg.bench.suite import ALGORITHMS, SELECTABLE
+from kdg.bench.suite import ALGORITHMS, SELECTABLE, timed
 
 BEGIN = "<!-- kdg bench: generated, begin -->"
 END = "<!-- kdg bench: generated, end -->"
@@ -116,9 +116,7 @@ def problems(results, algorithms=ALGORITHMS, runners=None):
             if "error" in run:
                 out.append(f"{model}: runner {runner} failed: {run['error'][-300:]}")
                 continue
-            names = list(algorithms) + (["gga_eval"] if "gga" in algorithms
-                                        and "gga_eval" not in algorithms else [])
-            for name in names:
+            for name in timed(algorithms):
                 record = run["algorithms"].get(name)
                 if record is None:
                     out.append(f"{model}/{runner}: {name} missing")
@@ -208,10 +206,7 @@ def _table(header, rows):
 
 
 def _names(entry):
-    names = [n for n in SELECTABLE if n in entry["config"]["algorithms"]]
-    if "gga" in names and "gga_eval" not in names:
-        names.insert(names.index("gga"), "gga_eval")
-    return names
+    return timed(n for n in SELECTABLE if n in entry["config"]["algorithms"])
 
 
 def _runners(entry):

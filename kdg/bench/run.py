@@ -39,7 +39,7 @@ from keras import ops  # noqa: E402
 
 from kdg.algorithms import ERM, GGA, GGAL, CorGrad, Fish  # noqa: E402
 from kdg.algorithms.base import Algorithm  # noqa: E402
-from kdg.bench import measure  # noqa: E402
+from kdg.bench import measure, suite  # noqa: E402
 from kdg.ops import cosine_stats  # noqa: E402
 
 #: the annealing window that holds every benchmarked step
@@ -209,9 +209,7 @@ def run(config):
     x, y = measure.make_batch(int(config["domains"]), int(config["batch"]),
                               int(config["image_size"]), int(config["channels"]),
                               int(config["num_classes"]), int(config["seed"]))
-    names = list(config["algorithms"])
-    if "gga" in names and "gga_eval" not in names:
-        names.insert(names.index("gga"), "gga_eval")
+    names = suite.timed(config["algorithms"])
     kind, description = device()
     result = {
         "runner": config.get("runner", keras.backend.backend()),

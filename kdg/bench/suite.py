@@ -28,6 +28,15 @@ ALGORITHMS = ("erm", "fish", "corgrad", "ggal", "gga")
 #: ALGORITHMS and "gga_eval", one GGA evaluation alone (timed with "gga"
 #: anyway): the D per-domain passes, the floor of Fish's and CorGrad's step
 SELECTABLE = ("erm", "fish", "corgrad", "ggal", "gga_eval", "gga")
+
+
+def timed(algorithms):
+    """What is timed for `algorithms`: GGA comes with one GGA evaluation,
+    timed just before it (the unit of GGA's cost)."""
+    names = list(algorithms)
+    if "gga" in names and "gga_eval" not in names:
+        names.insert(names.index("gga"), "gga_eval")
+    return names
 BACKENDS = ("jax", "tensorflow", "torch")
 RUNNERS = {
     "jax": ("kdg.bench.run", {"KERAS_BACKEND": "jax"}, {}),
