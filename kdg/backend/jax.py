@@ -1,5 +1,9 @@
 """JAX backend: `jax.value_and_grad`, and a stateless `train_step`.
 
+On a CPU the gradients' convolutions are put in the layout of XLA:CPU's fast
+kernel (`kdg.backend.jax_conv`), so that they run as fast inside GGA's
+compiled search loop as outside it.
+
 Keras' JAX trainer passes the training state explicitly and purges the
 variables' values during `fit`. kdg's step is written in stateful style, so it
 runs inside a `keras.StatelessScope` that maps every variable to its value in
@@ -10,9 +14,14 @@ import jax
 import keras
 from keras import ops
 
+from kdg.backend.jax_conv import canonical_convolutions
+
 
 def value_and_grad(fn):
-    return jax.value_and_grad(fn, has_aux=True)
+    grad_fn = jax.value_and_grad(fn, has_aux=True)
+    if jax.default_backend() == "cpu":
+        return canonical_convolutions(grad_fn)
+    return grad_fn
 
 
 def _scoped(fn, variables):
