@@ -29,14 +29,6 @@ ALGORITHMS = ("erm", "fish", "corgrad", "ggal", "gga")
 #: anyway): the D per-domain passes, the floor of Fish's and CorGrad's step
 SELECTABLE = ("erm", "fish", "corgrad", "ggal", "gga_eval", "gga")
 
-
-def timed(algorithms):
-    """What is timed for `algorithms`: GGA comes with one GGA evaluation,
-    timed just before it (the unit of GGA's cost)."""
-    names = list(algorithms)
-    if "gga" in names and "gga_eval" not in names:
-        names.insert(names.index("gga"), "gga_eval")
-    return names
 BACKENDS = ("jax", "tensorflow", "torch")
 RUNNERS = {
     "jax": ("kdg.bench.run", {"KERAS_BACKEND": "jax"}, {}),
@@ -54,6 +46,15 @@ MODELS = {
     "resnet18": {"image_size": 32, "channels": 3, "num_classes": 7},
     "resnet50": {"image_size": 32, "channels": 3, "num_classes": 7},
 }
+
+
+def timed(algorithms):
+    """What is timed for `algorithms`: GGA comes with one GGA evaluation,
+    timed just before it (the unit of GGA's cost)."""
+    names = list(algorithms)
+    if "gga" in names and "gga_eval" not in names:
+        names.insert(names.index("gga"), "gga_eval")
+    return names
 
 
 def scenario(model="mnist_cnn", *, image_size=None, domains=3, batch=32,
