@@ -234,3 +234,29 @@ def test_train_step_compiles_with_xla(data, params, algorithm):
     assert model.jit_compile and not reference.jit_compile
     for a, b in zip(weights(model), weights(reference)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+class CountingERM(ERM):
+    """ERM that counts how often its step is traced (run, on PyTorch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def step(self, ctx, x, y):
+        self.calls += 1
+        return super().step(ctx, x, y)
+
+
+@pytest.mark.parametrize("optimizer", [keras.optimizers.SGD, keras.optimizers.Adam])
+def test_the_first_step_is_traced_once(data, params, optimizer):
+    """The optimizer is built before the step is first traced. On
+    TensorFlow a trace that creates the optimizer's variables made
+    tf.function trace the whole step again: twice the compile time."""
+    x, y = data
+    algorithm = CountingERM()
+    model = softmax_regression(algorithm, params, optimizer=optimizer(0.1))
+    model.train_on_batch(x, y)
+    assert algorithm.calls == 1
+    model.train_on_batch(x, y)  # run again on PyTorch (eager), not traced again elsewhere
+    assert algorithm.calls == (2 if BACKEND == "torch" else 1)

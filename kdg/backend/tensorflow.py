@@ -48,3 +48,8 @@ class TrainStep:
             self._dg_as_flat_batch(batch)
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
         self._dg_build_algorithm()
+        if self.built and self.optimizer is not None and not self.optimizer.built:
+            # Without a distribution strategy Keras leaves this to the first
+            # trace of the step; a trace that creates variables makes
+            # tf.function trace the step a second time (twice the compile).
+            self.optimizer.build(self.trainable_variables)
