@@ -161,6 +161,7 @@ class CorGrad(Algorithm):
                 continue
             num = g.shape[0]
             g = ops.reshape(g, (num, -1, p.rows))  # (D, M, rows)
+            g = ops.unstack(g)  # one op for the D slices (TensorFlow traces ops one by one)
             pairs = {}
             for d in range(num):
                 for e in range(d, num):
@@ -202,8 +203,8 @@ class CorGrad(Algorithm):
                 w = weights[p.first : p.first + p.chunks]
                 if p.per_chunk > 1:
                     w = ops.matmul(p.segments(w.dtype), w)  # (rows, D)
-                g = ops.reshape(g, (num, -1, p.rows))
-                u = sum(w[:, d] * g[d] for d in range(num))
+                g = ops.unstack(ops.reshape(g, (num, -1, p.rows)))
+                u = sum(w_d * g_d for w_d, g_d in zip(ops.unstack(w, axis=1), g))
             else:
                 u = vectors[p.first : p.first + p.chunks, : p.length]
                 u = ops.reshape(u, (p.chunks * p.per_chunk, -1))[: p.rows]
