@@ -46,34 +46,54 @@ def fold_in(key, data):
     return ops.stack([_mix(key[0] + _mix(data)), _mix(key[1] ^ _mix(data + 1))])
 
 
-def _bits(n, key, offset):
+def _stream(key):
+    """What the element hashes need of a key, hashed once per key."""
+    return _mix(key[0] + ops.cast(_GOLDEN, "int32")), key[1]
+
+
+def _uniform_bits(n, stream, offset):
+    """n floats uniform in [0, 1): elements offset..offset+n-1 of a stream."""
     index = ops.arange(n, dtype="int32") + ops.cast(offset, "int32")
-    h = _mix(ops.bitwise_xor(index, _mix(key[0] + ops.cast(_GOLDEN, "int32"))))
-    return _mix(ops.bitwise_xor(h, key[1]))
+    h = _mix(ops.bitwise_xor(_mix(ops.bitwise_xor(index, stream[0])), stream[1]))
+    return ops.cast(_shr(h, 8), "float32") * (1.0 / (1 << 24))
+
+
+def _normal_streams(key):
+    return _stream(fold_in(key, 1)), _stream(fold_in(key, 2))
+
+
+def _normal_bits(n, streams, offset):
+    """Box-Muller on two uniform streams."""
+    u1 = _uniform_bits(n, streams[0], offset)
+    u2 = _uniform_bits(n, streams[1], offset)
+    return ops.sqrt(-2.0 * ops.log(1.0 - u1)) * ops.cos((2.0 * math.pi) * u2)
 
 
 def uniform(shape, key, offset=0, minval=0.0, maxval=1.0):
     """float32 numbers uniform in [minval, maxval), 24 random bits each."""
-    n = math.prod(shape)
-    u = ops.cast(_shr(_bits(n, key, offset), 8), "float32") * (1.0 / (1 << 24))
+    u = _uniform_bits(math.prod(shape), _stream(key), offset)
     return ops.reshape(minval + (maxval - minval) * u, shape)
 
 
 def normal(shape, key, offset=0):
     """float32 standard normal numbers (Box-Muller on two uniform streams)."""
-    n = math.prod(shape)
-    u1 = uniform((n,), fold_in(key, 1), offset)
-    u2 = uniform((n,), fold_in(key, 2), offset)
-    radius = ops.sqrt(-2.0 * ops.log(1.0 - u1))
-    return ops.reshape(radius * ops.cos((2.0 * math.pi) * u2), shape)
+    return ops.reshape(_normal_bits(math.prod(shape), _normal_streams(key), offset), shape)
 
 
 def tree_noise(shapes, key, kind):
     """One noise tensor per shape, `kind` "uniform" ([0, 1)) or "normal";
-    each shape gets its own stretch of the key's stream."""
-    draw = {"uniform": uniform, "normal": normal}[kind]
+    each shape gets its own stretch of the key's stream. The keys' hashes
+    are computed once for all shapes (not once per shape: on TensorFlow,
+    which traces op by op, that was most of GGA-L's compile)."""
+    if kind == "uniform":
+        streams, draw = _stream(key), _uniform_bits
+    elif kind == "normal":
+        streams, draw = _normal_streams(key), _normal_bits
+    else:
+        raise ValueError(f"tree_noise draws 'uniform' or 'normal' noise; got {kind!r}.")
     out, offset = [], 0
     for shape in shapes:
-        out.append(draw(tuple(shape), key, offset))
-        offset += math.prod(shape)
+        n = math.prod(shape)
+        out.append(ops.reshape(draw(n, streams, offset), tuple(shape)))
+        offset += n
     return out
