@@ -341,11 +341,15 @@ class _Piece:
         self.index, self.shape, self.rows = index, shape, rows
         self.per_chunk, self.chunks, self.length = per_chunk, chunks, length
         self.gram, self.first, self.active = gram, first, active
+        self._segments = None
 
     def segments(self, dtype):
-        """The (rows, chunks) 0/1 matrix that sums rows into chunks."""
-        matrix = np.arange(self.rows)[:, None] // self.per_chunk == np.arange(self.chunks)
-        return ops.convert_to_tensor(matrix.astype("float32"), dtype=dtype)
+        """The (rows, chunks) 0/1 matrix that sums rows into chunks (made
+        once: the Gram matrices and the update both use it)."""
+        if self._segments is None:
+            matrix = np.arange(self.rows)[:, None] // self.per_chunk == np.arange(self.chunks)
+            self._segments = ops.convert_to_tensor(matrix.astype("float32"), dtype=dtype)
+        return self._segments
 
 
 class _Coefficients:
