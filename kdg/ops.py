@@ -8,11 +8,6 @@ import numpy as np
 from keras import ops
 
 
-def stack_domains(per_domain):
-    """[[g_d_v for v] for d] -> [stack over d of g_d_v for v]."""
-    return [ops.stack(gs) for gs in zip(*per_domain)]
-
-
 def gram(stacked):
     """Gram matrix (D, D) of the flattened per-domain gradients."""
     total = 0.0

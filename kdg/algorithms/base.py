@@ -16,7 +16,6 @@ from keras import ops
 from keras import tree
 
 from kdg import backend
-from kdg.ops import stack_domains
 
 
 def domain(x, d):
@@ -29,10 +28,6 @@ def flatten_domains(x):
     return tree.map_structure(
         lambda t: ops.reshape(t, (-1,) + tuple(ops.shape(t)[2:])), x
     )
-
-
-def num_domains(y):
-    return y.shape[0]
 
 
 class Algorithm:
@@ -144,18 +139,19 @@ class StepContext:
         """One pass per domain, in order, the model state threaded through.
 
         Returns (losses (D,), stacked grads [(D, *shape) per variable],
-        predictions (D*B, ...), new state).
+        predictions (D*B, ...), new state). The loop over domains is the
+        backend's `scan`: on TensorFlow one `tf.while_loop`, so the network's
+        forward and backward are traced and optimized once, not D times.
         """
+        params = self.params() if params is None else params
         state = self.state() if state is None else state
-        losses, grads, preds = [], [], []
-        for d in range(num_domains(y)):
-            loss, g, y_pred, state = self.loss_and_grads(
-                domain(x, d), y[d], params, state
-            )
-            losses.append(loss)
-            grads.append(g)
-            preds.append(y_pred)
-        return ops.stack(losses), stack_domains(grads), ops.concatenate(preds), state
+
+        def one_domain(state, xy):
+            loss, g, y_pred, state = self.loss_and_grads(xy[0], xy[1], params, state)
+            return state, (loss, g, y_pred)
+
+        state, (losses, grads, preds) = backend.scan(one_domain, state, (x, y))
+        return losses, list(grads), flatten_domains(preds), state
 
     # -- changing the model ------------------------------------------------
     def set_state(self, state):

@@ -62,3 +62,18 @@ class TrainStep:
             [scope.get_current_value(ref) for ref in refs] for refs in groups
         )
         return logs, new_state
+
+
+def scan(fn, carry, xs):
+    """`fn(carry, x) -> (carry, y)` over the leading axis of `xs`: (final
+    carry, stacked ys), unrolled into the traced program.
+
+    A `lax.scan` compiles the per-domain passes once instead of D times
+    (ResNet-18: CorGrad's compile 3.5x -> 2.3-2.9x ERM's), but on a CPU the
+    step ran some 6% slower: XLA:CPU overlaps the unrolled passes on its
+    threads. Steps outnumber compiles, so the passes stay unrolled."""
+    ys = []
+    for i in range(jax.tree.leaves(xs)[0].shape[0]):
+        carry, y = fn(carry, jax.tree.map(lambda t: t[i], xs))
+        ys.append(y)
+    return carry, jax.tree.map(lambda *t: ops.stack(t), *ys)

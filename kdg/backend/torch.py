@@ -23,6 +23,16 @@ def value_and_grad(fn):
     return wrapped
 
 
+def scan(fn, carry, xs):
+    """`fn(carry, x) -> (carry, y)` over the leading axis of `xs`, eagerly:
+    (final carry, stacked ys)."""
+    ys = []
+    for i in range(tree.flatten(xs)[0].shape[0]):
+        carry, y = fn(carry, tree.map_structure(lambda t: t[i], xs))
+        ys.append(y)
+    return carry, tree.map_structure(lambda *t: torch.stack(t), *ys)
+
+
 def stateful_cond(pred, true_fn, false_fn, variables):
     return ops.cond(pred, true_fn, false_fn)
 
