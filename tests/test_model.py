@@ -277,9 +277,9 @@ class CountingNet(Net):
 
 
 def test_the_per_domain_passes_are_traced_once_on_tensorflow(data):
-    """On TensorFlow the D per-domain passes are one `tf.while_loop` whose
-    body is traced once (a third of CorGrad's compile on ResNet-18). JAX
-    unrolls them, and PyTorch runs them eagerly: D calls."""
+    """On TensorFlow the per-domain pass is traced once and called D times
+    (CorGrad's first ResNet-18 step: 6.6 -> 5.6-6.2 s). JAX unrolls the
+    passes, and PyTorch runs them eagerly: D calls."""
     x, y = data
     counts = {}
     for name, algorithm in (("erm", ERM()), ("corgrad", CorGrad())):

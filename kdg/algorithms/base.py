@@ -140,8 +140,8 @@ class StepContext:
 
         Returns (losses (D,), stacked grads [(D, *shape) per variable],
         predictions (D*B, ...), new state). The loop over domains is the
-        backend's `scan`: on TensorFlow one `tf.while_loop`, so the network's
-        forward and backward are traced and optimized once, not D times.
+        backend's `scan`: TensorFlow traces the network's forward and
+        backward once, not D times.
         """
         params = self.params() if params is None else params
         state = self.state() if state is None else state

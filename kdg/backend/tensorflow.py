@@ -35,7 +35,7 @@ def scan(fn, carry, xs):
     ys = []
     for x in elements:
         new, y = one(carry, x)
-        carry = tf.nest.pack_sequence_as(
+        carry = tf.nest.pack_sequence_as(  # the dtypes the function was traced for
             carry, [tf.cast(t, d) for t, d in zip(tf.nest.flatten(new), dtypes)])
         ys.append(y)
     return carry, tf.nest.map_structure(lambda *t: tf.stack(t), *ys)
