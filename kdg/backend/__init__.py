@@ -10,7 +10,7 @@ Each backend module (``jax.py``, ``tensorflow.py``, ``torch.py``, laid out like
 - ``scan(fn, carry, xs)``: ``fn(carry, x) -> (carry, y)`` over the leading
   axis of ``xs``, returning the last carry and the stacked ``y``s (the
   per-domain passes). TensorFlow traces ``fn`` once; JAX unrolls it into the
-  compiled step; PyTorch loops eagerly.
+  compiled step and PyTorch loops eagerly, both with ``unrolled.py``.
 - ``stateful_cond(pred, true_fn, false_fn, variables)``: ``ops.cond`` for
   branches that assign to Keras variables (an optimizer step, say).
 - ``TrainStep``: a mixin whose ``train_step`` has the signature that backend's

@@ -14,6 +14,7 @@ import jax
 import keras
 from keras import ops
 
+from kdg.backend import unrolled
 from kdg.backend.jax_conv import canonical_convolutions
 
 
@@ -72,8 +73,4 @@ def scan(fn, carry, xs):
     (ResNet-18: CorGrad's compile 3.5x -> 2.3-2.9x ERM's), but on a CPU the
     step ran some 6% slower: XLA:CPU overlaps the unrolled passes on its
     threads. Steps outnumber compiles, so the passes stay unrolled."""
-    ys = []
-    for i in range(jax.tree.leaves(xs)[0].shape[0]):
-        carry, y = fn(carry, jax.tree.map(lambda t: t[i], xs))
-        ys.append(y)
-    return carry, jax.tree.map(lambda *t: ops.stack(t), *ys)
+    return unrolled.scan(fn, carry, xs)

@@ -5,6 +5,8 @@ import torch
 from keras import ops
 from keras import tree
 
+from kdg.backend.unrolled import scan  # noqa: F401 (eager: a Python loop)
+
 
 def value_and_grad(fn):
     def wrapped(params, *args):
@@ -21,16 +23,6 @@ def value_and_grad(fn):
         return (loss.detach(), aux), grads
 
     return wrapped
-
-
-def scan(fn, carry, xs):
-    """`fn(carry, x) -> (carry, y)` over the leading axis of `xs`, eagerly:
-    (final carry, stacked ys)."""
-    ys = []
-    for i in range(tree.flatten(xs)[0].shape[0]):
-        carry, y = fn(carry, tree.map_structure(lambda t: t[i], xs))
-        ys.append(y)
-    return carry, tree.map_structure(lambda *t: torch.stack(t), *ys)
 
 
 def stateful_cond(pred, true_fn, false_fn, variables):
