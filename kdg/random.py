@@ -51,7 +51,7 @@ def _stream(key):
     return _mix(key[0] + ops.cast(_GOLDEN, "int32")), key[1]
 
 
-def _uniform_bits(n, stream, offset):
+def _uniform_values(n, stream, offset):
     """n floats uniform in [0, 1): elements offset..offset+n-1 of a stream."""
     index = ops.arange(n, dtype="int32") + ops.cast(offset, "int32")
     h = _mix(ops.bitwise_xor(_mix(ops.bitwise_xor(index, stream[0])), stream[1]))
@@ -62,22 +62,22 @@ def _normal_streams(key):
     return _stream(fold_in(key, 1)), _stream(fold_in(key, 2))
 
 
-def _normal_bits(n, streams, offset):
+def _normal_values(n, streams, offset):
     """Box-Muller on two uniform streams."""
-    u1 = _uniform_bits(n, streams[0], offset)
-    u2 = _uniform_bits(n, streams[1], offset)
+    u1 = _uniform_values(n, streams[0], offset)
+    u2 = _uniform_values(n, streams[1], offset)
     return ops.sqrt(-2.0 * ops.log(1.0 - u1)) * ops.cos((2.0 * math.pi) * u2)
 
 
 def uniform(shape, key, offset=0, minval=0.0, maxval=1.0):
     """float32 numbers uniform in [minval, maxval), 24 random bits each."""
-    u = _uniform_bits(math.prod(shape), _stream(key), offset)
+    u = _uniform_values(math.prod(shape), _stream(key), offset)
     return ops.reshape(minval + (maxval - minval) * u, shape)
 
 
 def normal(shape, key, offset=0):
     """float32 standard normal numbers (Box-Muller on two uniform streams)."""
-    return ops.reshape(_normal_bits(math.prod(shape), _normal_streams(key), offset), shape)
+    return ops.reshape(_normal_values(math.prod(shape), _normal_streams(key), offset), shape)
 
 
 def tree_noise(shapes, key, kind):
@@ -86,9 +86,9 @@ def tree_noise(shapes, key, kind):
     are computed once for all shapes (not once per shape: on TensorFlow,
     which traces op by op, that was most of GGA-L's compile)."""
     if kind == "uniform":
-        streams, draw = _stream(key), _uniform_bits
+        streams, draw = _stream(key), _uniform_values
     elif kind == "normal":
-        streams, draw = _normal_streams(key), _normal_bits
+        streams, draw = _normal_streams(key), _normal_values
     else:
         raise ValueError(f"tree_noise draws 'uniform' or 'normal' noise; got {kind!r}.")
     out, offset = [], 0
