@@ -197,6 +197,55 @@ def test_corgrad_projects_conflicts_and_smooths_an_outlier():
     assert made == 1 and considered == 6
 
 
+
+# Several variables of the same layout, interleaved with others: the surgery
+# processes equal layouts as one stacked tensor and must give every variable
+# its own chunks, norms and update. (name, shape): kernels of 160-360
+# elements per chunk go through Gram matrices, the rest as vectors.
+SHARED_LAYOUTS = [
+    ("a/kernel", (40, 8)), ("a/bias", (8,)), ("bn/gamma", (8,)), ("b/kernel", (6, 8)),
+    ("b/bias", (8,)), ("c/kernel", (40, 8)), ("conv/kernel", (3, 3, 5, 8)), ("bn2/gamma", (8,)),
+    ("d/kernel", (40, 8)), ("d/bias", (8,)), ("head/kernel", (6, 8)), ("scalar/bias", ()),
+]
+
+
+@pytest.mark.parametrize("stack", [True, False])
+@pytest.mark.parametrize("options", [
+    dict(n_parts=2), dict(n_parts=3, alpha=0.3), dict(n_parts=1, smoothing=False),
+    dict(granularity="model"), dict(granularity="element"), dict(n_parts=2, layers="kernels"),
+])
+def test_corgrad_surgery_on_repeated_layouts_matches_reference(options, stack):
+    rng = np.random.default_rng(7)
+    num = 3
+    variables = [keras.Variable(np.zeros(shape, "float32"), name=name.split("/")[1])
+                 for name, shape in SHARED_LAYOUTS]
+    shift = rng.normal(size=(num, 1))  # per-domain biases make gradients conflict
+    per_domain = [[(rng.normal(size=shape) + shift[d] * (1 + v % 3)).astype("float32")
+                   for v, (_, shape) in enumerate(SHARED_LAYOUTS)] for d in range(num)]
+    stacked = [keras.ops.convert_to_tensor(np.stack([g[v] for g in per_domain]))
+               for v in range(len(SHARED_LAYOUTS))]
+    algorithm = CorGrad(**options)
+    if not stack:  # every variable alone, as large ones are
+        algorithm.GROUP_MAX_SIZE = 0
+    for v, (name, _) in zip(variables, SHARED_LAYOUTS):
+        v._path = name  # what a layer would name it: layers="kernels" reads the last part
+    update, logs, _ = algorithm.surgery(stacked, variables, step=0)
+
+    # the NumPy reference on the variables that take part; the others summed
+    ref_options = {k: v for k, v in options.items() if k != "layers"}
+    part = [v for v, (name, _) in enumerate(SHARED_LAYOUTS)
+            if options.get("layers") != "kernels" or name.split("/")[1] in ("kernel", "bias")]
+    expected, made, considered, ratio = ref.corgrad_update(
+        [[g[v] for v in part] for g in per_domain], **ref_options)
+    expected = dict(zip(part, expected))
+    for v in range(len(SHARED_LAYOUTS)):
+        want = expected.get(v, sum(g[v] for g in per_domain))
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(update[v]), want,
+                                   rtol=1e-5, atol=1e-5, err_msg=SHARED_LAYOUTS[v][0])
+    np.testing.assert_allclose(logs["modification_frequency"], made / considered, rtol=1e-6)
+    if options.get("layers") != "kernels":  # the reference's ratio is over its variables only
+        np.testing.assert_allclose(logs["modification_ratio"], ratio, rtol=1e-4)
+    assert made > 0
 def test_ggal_without_noise_is_erm_on_the_mean_gradient(data, params):
     x, y = data
     model = softmax_regression(GGAL(gamma=0.0), params, keras.optimizers.SGD(0.1))
