@@ -217,8 +217,11 @@ SHARED_LAYOUTS = [
 def test_corgrad_surgery_on_repeated_layouts_matches_reference(options, stack):
     rng = np.random.default_rng(7)
     num = 3
-    variables = [keras.Variable(np.zeros(shape, "float32"), name=name.split("/")[1])
-                 for name, shape in SHARED_LAYOUTS]
+    variables = []
+    for name, shape in SHARED_LAYOUTS:
+        scope, leaf = name.split("/")
+        with keras.name_scope(scope):  # path "scope/leaf", as a layer's variable
+            variables.append(keras.Variable(np.zeros(shape, "float32"), name=leaf))
     shift = rng.normal(size=(num, 1))  # per-domain biases make gradients conflict
     per_domain = [[(rng.normal(size=shape) + shift[d] * (1 + v % 3)).astype("float32")
                    for v, (_, shape) in enumerate(SHARED_LAYOUTS)] for d in range(num)]
@@ -227,8 +230,7 @@ def test_corgrad_surgery_on_repeated_layouts_matches_reference(options, stack):
     algorithm = CorGrad(**options)
     if not stack:  # every variable alone, as large ones are
         algorithm.GROUP_MAX_SIZE = 0
-    for v, (name, _) in zip(variables, SHARED_LAYOUTS):
-        v._path = name  # what a layer would name it: layers="kernels" reads the last part
+    assert [v.path for v in variables] == [name for name, _ in SHARED_LAYOUTS]
     update, logs, _ = algorithm.surgery(stacked, variables, step=0)
 
     # the NumPy reference on the variables that take part; the others summed
