@@ -160,22 +160,20 @@ class CorGrad(Algorithm):
         return pieces, gram_count, vector_count
 
     def _chunk_layer(self, pieces, gram_count, vector_count):
-        """Per chunk, its layer (variable) and whether it takes part; the
-        number of layers."""
-        n_layers = sum(len(p.indices) for p in pieces)
+        """Per chunk, its layer (variable index) and whether it takes part."""
         if self.granularity == "model":
-            return np.zeros(1, "int32"), np.array([True]), n_layers
+            return np.zeros(1, "int32"), np.array([True])
         layer = np.zeros(gram_count + vector_count, "int32")
         active = np.zeros(gram_count + vector_count, bool)
         for p in pieces:
             start = p.first + (0 if p.gram else gram_count)
             layer[start : start + p.total] = np.repeat(p.indices, p.chunks)
             active[start : start + p.total] = p.active
-        return layer, active, n_layers
+        return layer, active
 
     # -- the two representations --------------------------------------------
     @staticmethod
-    def _stacked(stacked, p):
+    def _piece_grads(stacked, p):
         """A piece's per-domain gradients as one (D, [k,] M, rows) tensor (no
         k axis for a single variable: XLA:CPU reduces over the M axis of a
         (1, M, rows) tensor some 15x slower than over that of (M, rows))."""
@@ -229,7 +227,7 @@ class CorGrad(Algorithm):
     def _update(self, grouped, pieces, weights, vectors):
         """Each variable's update: sum_j weights[chunk, j] g_j for a Gram
         piece, the summed vector chunks for the others."""
-        out = [None] * sum(len(p.indices) for p in pieces)
+        out = {}
         for g, p in zip(grouped, pieces):
             lead = (len(p.indices),) if len(p.indices) > 1 else ()
             if p.gram:
@@ -250,16 +248,16 @@ class CorGrad(Algorithm):
             members = ops.unstack(u) if lead else [u]
             for i, shape, u_i in zip(p.indices, p.shapes, members):
                 out[i] = ops.reshape(u_i, shape)
-        return out
+        return [out[i] for i in range(len(out))]  # in variable order
 
     # -- surgery -------------------------------------------------------------
     def surgery(self, stacked, variables, key=None, step=None):
         """The corrected update (a list like the variables), the diagnostics,
         and the (D, D) Gram matrix of the whole per-domain gradients."""
         pieces, n_gram, n_vector = self._layout(variables)
-        chunk_layer, active, n_layers = self._chunk_layer(pieces, n_gram, n_vector)
+        chunk_layer, active = self._chunk_layer(pieces, n_gram, n_vector)
         num = stacked[0].shape[0]
-        grouped = [self._stacked(stacked, p) for p in pieces]
+        grouped = [self._piece_grads(stacked, p) for p in pieces]
         considered = float(num * (num - 1) * int(active.sum()))
         parts = []
         if n_gram:
@@ -311,7 +309,7 @@ class CorGrad(Algorithm):
                                                                  1e-30)
         frequency = made / max(considered, 1.0)
         if self.smoothing:
-            self._smooth(parts, chunk_layer, active, n_layers, step)
+            self._smooth(parts, chunk_layer, active, len(variables), step)
         weights = _sum(parts[0].h) if n_gram else None
         vectors = _sum(parts[-1].h) if n_vector else None
         update = self._update(grouped, pieces, weights, vectors)
