@@ -61,6 +61,9 @@ def _write(results, json_path, results_path):
               help="GGA's trials per step inside its window.")
 @click.option("--gga-repeats", type=int, default=3, show_default=True,
               help="Timed GGA steps.")
+@click.option("--compiles", type=int, default=1, show_default=True,
+              help="Build each algorithm's model this many times and report the median "
+                   "compile time (compile times vary from one build to the next).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the raw results as JSON here.")
 @click.option("--results", "results_path", type=click.Path(dir_okay=False), default=None,
@@ -75,7 +78,7 @@ def _write(results, json_path, results_path):
 @click.option("--timeout", type=int, default=3600, show_default=True,
               help="Seconds allowed to each runner's process.")
 def bench(quick, models, runners, algorithms, domains, batch, image_size, repeats, warmup,
-          trials, gga_repeats, json_path, results_path, from_json, threads, timeout):
+          trials, gga_repeats, compiles, json_path, results_path, from_json, threads, timeout):
     """Time every algorithm's training step on every backend and against a
     plain PyTorch implementation written the way the reference code is.
 
@@ -109,7 +112,7 @@ def bench(quick, models, runners, algorithms, domains, batch, image_size, repeat
             suite.scenario(model, image_size=image_size, domains=domains, batch=batch,
                            algorithms=algorithms or suite.ALGORITHMS, repeats=repeats,
                            warmup=warmup, gga_trials=trials, gga_repeats=gga_repeats,
-                           quick=quick)
+                           compiles=compiles, quick=quick)
             for model in (models or ("mnist_cnn",))
         ]
     except ValueError as error:

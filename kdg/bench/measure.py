@@ -176,9 +176,17 @@ def time_algorithms(names, prepare, config, memory_steps=2):
     machine's load during the run touches every algorithm alike and not the
     ratios between them.
 
+    With `config["compiles"]` = N > 1, every algorithm's model is then
+    built N - 1 more times, again interleaved, and only its first step is
+    timed: a compile takes seconds and varies by a quarter from one to the
+    next on a busy CPU, so that a ratio of two compile times near a target
+    is not decided by one draw.
+
     Returns {name: record}, a record holding the statistics of
-    `summarize`, `first_step_s`, `compile_s` (first step less the median),
-    the memory and the losses seen."""
+    `summarize`, `first_step_s` (the median of the N first steps, each in
+    `first_steps_s`), `compile_s` (that median less the median step, the
+    same for each first step in `compiles_s`), the memory and the losses
+    seen."""
     steps, records, losses = {}, {}, {}
     for name in names:
         warmup, _ = repeats_of(name, config)
@@ -205,10 +213,18 @@ def time_algorithms(names, prepare, config, memory_steps=2):
                 seconds, loss = time_call(steps[name])
                 times[name].append(seconds)
                 losses[name].append(loss)
+    steps.clear()  # the timed models can go before more are built
+    firsts = {name: [records[name]["first_step_s"]] for name in names}
+    for _ in range(int(config.get("compiles", 1)) - 1):
+        for name in names:
+            firsts[name].append(time_call(prepare(name))[0])
     for name in names:
         stats = summarize(times[name])
         records[name].update(stats)
-        records[name]["compile_s"] = max(records[name]["first_step_s"] - stats["median_s"], 0.0)
+        records[name]["first_steps_s"] = firsts[name]
+        records[name]["first_step_s"] = statistics.median(firsts[name])
+        records[name]["compiles_s"] = [max(f - stats["median_s"], 0.0) for f in firsts[name]]
+        records[name]["compile_s"] = statistics.median(records[name]["compiles_s"])
         records[name]["loss_first"] = losses[name][0]
         records[name]["loss_last"] = losses[name][-1]
         records[name]["finite"] = all(math.isfinite(v) for v in losses[name])

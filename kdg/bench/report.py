@@ -232,7 +232,9 @@ def scenario_markdown(entry):
            + (f" ({params:,} trainable parameters)" if params else "")]
     out.append(f"\nRepeats: {config['repeats']} timed steps after {config['warmup']} warm-up "
                f"steps (GGA: {config['gga_repeats']} after {config['gga_warmup']}, "
-               f"T={config['gga_trials']} trials per step).")
+               f"T={config['gga_trials']} trials per step)."
+               + (f" Compile times: the median of {config['compiles']} builds of each model."
+                  if config.get("compiles", 1) > 1 else ""))
     for r in runners:
         if "error" in runs[r]:
             out.append(f"\n**{r} failed:**\n\n```\n{runs[r]['error'][-1500:]}\n```")
@@ -263,14 +265,21 @@ def scenario_markdown(entry):
         out.append(_table(["algorithm"] + kdg, rows))
 
     out.append("\n**Compile time, s** (first step less a steady step; PyTorch is eager: "
-               "first-call overhead) **and its ratio to ERM's**\n")
+               "first-call overhead; over several builds: the median [range]) **and its "
+               "ratio to ERM's**\n")
     rows = []
     for name in names:
         row = [LABELS[name]]
         for r in ok:
             rec, erm = _alg(runs[r], name), _alg(runs[r], "erm")
-            row.append(f"{_s(rec['compile_s'])} ({_x(ratio(rec['compile_s'], erm['compile_s']), 1)})"
-                       if rec and erm else "–")
+            if not (rec and erm):
+                row.append("–")
+                continue
+            spread = rec.get("compiles_s") or []
+            cell = _s(rec["compile_s"])
+            if len(spread) > 1:
+                cell += f" [{_s(min(spread))}–{_s(max(spread))}]"
+            row.append(f"{cell} ({_x(ratio(rec['compile_s'], erm['compile_s']), 1)})")
         rows.append(row)
     out.append(_table(["algorithm"] + ok, rows))
 

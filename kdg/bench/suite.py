@@ -59,7 +59,7 @@ def timed(algorithms):
 
 def scenario(model="mnist_cnn", *, image_size=None, domains=3, batch=32,
              algorithms=ALGORITHMS, repeats=10, warmup=2, gga_trials=8, gga_repeats=3,
-             gga_warmup=1, seed=0, lr=5e-5, quick=False):
+             gga_warmup=1, compiles=1, seed=0, lr=5e-5, quick=False):
     """One scenario's configuration (what every worker of it receives).
 
     `quick` is the CI smoke test's: tiny images and batches, few repeats,
@@ -73,13 +73,16 @@ def scenario(model="mnist_cnn", *, image_size=None, domains=3, batch=32,
     config = dict(MODELS[model], model=model, domains=int(domains), batch=int(batch),
                   algorithms=list(algorithms), repeats=int(repeats), warmup=int(warmup),
                   gga_trials=int(gga_trials), gga_repeats=int(gga_repeats),
-                  gga_warmup=int(gga_warmup), seed=int(seed), lr=float(lr))
+                  gga_warmup=int(gga_warmup), compiles=int(compiles), seed=int(seed),
+                  lr=float(lr))
     if quick:
         config.update(image_size=12 if model == "mnist_cnn" else 32, batch=4, repeats=3,
-                      warmup=1, gga_trials=2, gga_repeats=2, gga_warmup=1,
+                      warmup=1, gga_trials=2, gga_repeats=2, gga_warmup=1, compiles=1,
                       framework_warmup=False, structure=False)
     if image_size is not None:
         config["image_size"] = int(image_size)
+    if config["compiles"] < 1:
+        raise ValueError(f"compiles must be at least 1; got {compiles}.")
     if config["domains"] < 2:
         raise ValueError("kdg bench needs at least 2 domains (the algorithms compare them).")
     return config

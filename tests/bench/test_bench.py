@@ -145,6 +145,52 @@ def test_markdown_tables():
     assert "(+0.0)" in text                            # memory over ERM, in weight copies
 
 
+def test_compile_over_several_builds_is_the_median_with_its_range():
+    results = _results("resnet18")
+    results["scenarios"][0]["config"]["compiles"] = 3
+    jax_run = results["scenarios"][0]["runs"]["jax"]["algorithms"]
+    jax_run["erm"].update(compile_s=2.0, compiles_s=[2.0, 1.5, 2.9])
+    jax_run["corgrad"].update(compile_s=3.8, compiles_s=[4.1, 3.8, 3.0])
+    text = report.markdown(results)
+    assert "the median of 3 builds of each model" in text
+    assert "| CorGrad | 3.8 [3.0–4.1] (1.9x) |" in text
+    rows = {(t, w): (v, ok) for t, w, v, ok in report.targets(results["scenarios"][0])}
+    assert rows[("CorGrad compile <= 2.0x ERM's (resnet18)", "jax")][1] is True
+
+
+def test_time_algorithms_times_first_steps_of_fresh_builds_after_the_timed_steps():
+    events = []
+
+    def prepare(name):
+        build = sum(1 for e in events if e == ("build", name))
+        events.append(("build", name))
+
+        def step():
+            events.append(("step", name, build))
+            return 1.0
+        return step
+
+    config = dict(suite.scenario("mnist_cnn", algorithms=["erm", "corgrad"], repeats=4,
+                                 warmup=1, compiles=3))
+    records = measure.time_algorithms(["erm", "corgrad"], prepare, config, memory_steps=1)
+    for name, record in records.items():
+        assert events.count(("build", name)) == 3
+        # build 0: first step, 1 warm-up, 1 memory step, 4 timed; later builds: one step
+        assert events.count(("step", name, 0)) == 7
+        assert events.count(("step", name, 1)) == events.count(("step", name, 2)) == 1
+        assert record["n"] == 4 and len(record["first_steps_s"]) == 3
+        assert record["first_step_s"] == pytest.approx(np.median(record["first_steps_s"]))
+        expected = [max(f - record["median_s"], 0.0) for f in record["first_steps_s"]]
+        assert record["compiles_s"] == pytest.approx(expected)
+        assert record["compile_s"] == pytest.approx(np.median(expected))
+    # the extra builds come after every timed step of every algorithm
+    last_timed = max(i for i, e in enumerate(events) if e[0] == "step" and e[2] == 0)
+    first_extra = events.index(("build", "erm"), 1)
+    assert first_extra > last_timed
+    with pytest.raises(ValueError, match="compiles"):
+        suite.scenario(compiles=0)
+
+
 def test_gpu_section_when_a_runner_used_one():
     results = _results()
     results["scenarios"][0]["runs"]["jax"]["device"] = "gpu"
