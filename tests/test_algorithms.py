@@ -197,7 +197,6 @@ def test_corgrad_projects_conflicts_and_smooths_an_outlier():
     assert made == 1 and considered == 6
 
 
-
 # Several variables of the same layout, interleaved with others: the surgery
 # processes equal layouts as one stacked tensor and must give every variable
 # its own chunks, norms and update. (name, shape): kernels of 160-360
@@ -248,6 +247,8 @@ def test_corgrad_surgery_on_repeated_layouts_matches_reference(options, stack):
     if options.get("layers") != "kernels":  # the reference's ratio is over its variables only
         np.testing.assert_allclose(logs["modification_ratio"], ratio, rtol=1e-4)
     assert made > 0
+
+
 def test_ggal_without_noise_is_erm_on_the_mean_gradient(data, params):
     x, y = data
     model = softmax_regression(GGAL(gamma=0.0), params, keras.optimizers.SGD(0.1))

@@ -9,7 +9,8 @@ builds a fresh model with `kdg.models.build`, then times
 `model.train_on_batch` on one fixed synthetic batch (how `kdg train` steps):
 
 - the first step (tracing and compiling included) and `compile_s`, the
-  first step less the median step;
+  first step less the median step (with `compiles` > 1: the median over
+  that many builds of the model);
 - `warmup` more steps, then `repeats` timed steps, interleaved with the other
   algorithms' (`kdg.bench.measure.time_algorithms`): the median and spread;
 - the process's peak resident memory during two steps after the warm-up,

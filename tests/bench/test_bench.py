@@ -170,8 +170,8 @@ def test_time_algorithms_times_first_steps_of_fresh_builds_after_the_timed_steps
             return 1.0
         return step
 
-    config = dict(suite.scenario("mnist_cnn", algorithms=["erm", "corgrad"], repeats=4,
-                                 warmup=1, compiles=3))
+    config = suite.scenario("mnist_cnn", algorithms=["erm", "corgrad"], repeats=4, warmup=1,
+                            compiles=3)
     records = measure.time_algorithms(["erm", "corgrad"], prepare, config, memory_steps=1)
     for name, record in records.items():
         assert events.count(("build", name)) == 3
