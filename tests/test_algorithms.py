@@ -249,6 +249,40 @@ def test_corgrad_surgery_on_repeated_layouts_matches_reference(options, stack):
     assert made > 0
 
 
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="counts the equations of a JAX trace")
+def test_corgrad_traced_surgery_does_not_grow_with_chunks_or_variables_of_one_layout():
+    """The issue: the surgery must not grow in Python-level work with the
+    number of variables and chunks. Eight times the chunks give no larger
+    program; a variable of a layout already there costs a few equations (a
+    reshape in, a slice out), a fraction of what a new layout costs."""
+    import jax
+
+    from kdg.bench.run import jaxpr_counts
+
+    layouts = [("kernel", (40, 64)), ("bias", (64,)), ("kernel", (3, 3, 8, 64)), ("gamma", (64,))]
+
+    def variables(copies, extra=()):
+        out = []
+        for c in range(copies):
+            for i, (leaf, shape) in enumerate(layouts + list(extra)):
+                with keras.name_scope(f"layer{c}_{i}"):
+                    out.append(keras.Variable(np.zeros(shape, "float32"), name=leaf))
+        return out
+
+    def equations(variables, n_parts):
+        stacked = [jax.ShapeDtypeStruct((3,) + tuple(v.shape), "float32") for v in variables]
+        algorithm = CorGrad(n_parts=n_parts)
+        jaxpr = jax.make_jaxpr(lambda s: algorithm.surgery(s, variables)[:2])(stacked)
+        return jaxpr_counts(jaxpr.jaxpr)["equations"]
+
+    one = variables(1)
+    base = equations(one, n_parts=4)
+    assert equations(one, n_parts=32) <= base
+    per_variable = (equations(variables(4), n_parts=4) - base) / (3 * len(layouts))
+    new_layout = equations(variables(1, [("kernel", (16, 48))]), n_parts=4) - base
+    assert 0 < per_variable <= new_layout / 4
+
+
 def test_ggal_without_noise_is_erm_on_the_mean_gradient(data, params):
     x, y = data
     model = softmax_regression(GGAL(gamma=0.0), params, keras.optimizers.SGD(0.1))

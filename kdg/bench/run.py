@@ -103,42 +103,52 @@ COUNTED = {
 }
 
 
-def _jaxpr_counts(jaxpr, counts):
+def jaxpr_counts(jaxpr, counts=None):
+    """Loops, convolutions and equations of a jaxpr. A nested jaxpr (a jit, a
+    cond's branches, a loop's body) is counted in place of the equation that
+    calls it."""
+    if counts is None:
+        counts = {"loops": 0, "convolutions": 0, "equations": 0}
     for eqn in jaxpr.eqns:
         kind = COUNTED.get(eqn.primitive.name)
         if kind:
             counts[kind] += 1
+        nested = False
         for value in eqn.params.values():
             for sub in value if isinstance(value, (tuple, list)) else (value,):
                 inner = getattr(sub, "jaxpr", sub)
                 if hasattr(inner, "eqns"):
-                    _jaxpr_counts(inner, counts)
+                    nested = True
+                    jaxpr_counts(inner, counts)
+        if not nested:
+            counts["equations"] += 1
+    return counts
 
 
-def _traced_counts(model, x, y):
-    counts = {"loops": 0, "convolutions": 0}
+def traced_counts(model, x, y):
+    """Loops and convolutions in the model's traced training step (and, on
+    JAX, its equations); None on PyTorch, which has no traced step."""
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
 
         state = model._get_jax_state(trainable_variables=True, non_trainable_variables=True,
                                      optimizer_variables=True, metrics_variables=True)
-        closed = jax.make_jaxpr(model.train_step)(state, (x, y))
-        _jaxpr_counts(closed.jaxpr, counts)
-    elif backend == "tensorflow":
+        return jaxpr_counts(jax.make_jaxpr(model.train_step)(state, (x, y)).jaxpr)
+    if backend == "tensorflow":
         import tensorflow as tf
 
         specs = (tf.TensorSpec(x.shape, tf.float32), tf.TensorSpec(y.shape, tf.int32))
         concrete = tf.function(model.train_step).get_concrete_function(specs)
         graph = concrete.graph.as_graph_def()
         nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+        counts = {"loops": 0, "convolutions": 0}
         for node in nodes:
             kind = COUNTED.get(node.op)
             if kind:
                 counts[kind] += 1
-    else:
-        return None
-    return counts
+        return counts
+    return None
 
 
 def loop_structure(model, x, y):
@@ -148,11 +158,11 @@ def loop_structure(model, x, y):
     algorithm = model.algorithm
     trials = algorithm.trials
     try:
-        many = _traced_counts(model, x, y)
+        many = traced_counts(model, x, y)
         if many is None:
             return None
         algorithm.trials = 1
-        one = _traced_counts(model, x, y)
+        one = traced_counts(model, x, y)
     finally:
         algorithm.trials = trials
     return {
