@@ -269,10 +269,11 @@ def test_corgrad_traced_surgery_does_not_grow_with_chunks_or_variables_of_one_la
                     out.append(keras.Variable(np.zeros(shape, "float32"), name=leaf))
         return out
 
-    def equations(variables, n_parts):
-        stacked = [jax.ShapeDtypeStruct((3,) + tuple(v.shape), "float32") for v in variables]
+    def equations(model_variables, n_parts):
+        stacked = [jax.ShapeDtypeStruct((3,) + tuple(v.shape), "float32")
+                   for v in model_variables]
         algorithm = CorGrad(n_parts=n_parts)
-        jaxpr = jax.make_jaxpr(lambda s: algorithm.surgery(s, variables)[:2])(stacked)
+        jaxpr = jax.make_jaxpr(lambda s: algorithm.surgery(s, model_variables)[:2])(stacked)
         return jaxpr_counts(jaxpr.jaxpr)["equations"]
 
     one = variables(1)
