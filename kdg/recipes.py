@@ -21,7 +21,6 @@ and, for typos, the closest match.
 from __future__ import annotations
 
 import difflib
-import inspect
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -210,13 +209,36 @@ def format_validation_error(error: ValidationError, root: type[BaseModel] = None
 
 
 def algorithm_parameters(name: str) -> list[str]:
+    """The hyperparameters algorithm `name` declares (its `hparams`)."""
     from kdg.algorithms import ALGORITHMS
 
-    return [p for p in inspect.signature(ALGORITHMS[name].__init__).parameters if p != "self"]
+    return list(ALGORITHMS[name].hparams)
 
 
-def _check_algorithm(config: dict, where: str, problems: list[str]) -> None:
+def _not_a_parameter(key: str, name: str, where: str) -> str:
+    """The message for `key`, not a hyperparameter of algorithm `name`: the
+    closest of its own, or how to switch from the algorithm that has it."""
     from kdg.algorithms import ALGORITHMS
+
+    allowed = algorithm_parameters(name)
+    its = f"its parameters: {', '.join(allowed)}." if allowed else f"{name} takes no parameters."
+    owners = [other for other in sorted(ALGORITHMS) if key in ALGORITHMS[other].hparams]
+    if not owners:
+        return f"{where}.{key}: not a parameter of {name}; {its}{suggest(key, allowed)}"
+    return (
+        f"{where}.{key}: {key} is a parameter of {' and '.join(owners)}, not of {name}: to "
+        f"switch algorithm, replace the whole section: --set '{where}={{name: {name}}}' "
+        f"(in a recipe file, remove {key}); {its}"
+    )
+
+
+def _check_algorithm(config: dict, where: str, problems: list[str],
+                     total_steps: int | None = None) -> None:
+    """Append to `problems` every problem of an `algorithm` section (and of
+    GGA's `base`): unknown names and parameters, and values outside what
+    the algorithm declares (`Algorithm.hparams`), each named by its path."""
+    from kdg.algorithms import ALGORITHMS
+    from kdg.algorithms.base import HparamError
 
     name = str(config.get("name", "")).lower().replace("-", "").replace("_", "")
     if name not in ALGORITHMS:
@@ -225,22 +247,24 @@ def _check_algorithm(config: dict, where: str, problems: list[str]) -> None:
             f"{', '.join(sorted(ALGORITHMS))}.{suggest(name, ALGORITHMS)}"
         )
         return
-    allowed = algorithm_parameters(name)
+    cls = ALGORITHMS[name]
+    found = len(problems)
     for key, value in config.items():
         if key == "name":
             continue
-        if key not in allowed:
-            problems.append(
-                f"{where}.{key}: not a parameter of {name}; its parameters: "
-                f"{', '.join(allowed)}.{suggest(key, allowed)}"
-            )
+        if key not in cls.hparams:
+            problems.append(_not_a_parameter(key, name, where))
         elif key == "base":
             if not isinstance(value, dict):
                 value = {"name": value}
-            _check_algorithm(value, f"{where}.base", problems)
-    if not problems:
+            _check_algorithm(value, f"{where}.base", problems, total_steps)
+    for _, key, reason in cls.hparam_problems({k: v for k, v in config.items() if k != "name"}):
+        problems.append(f"{where}.{key}: {reason}{suggest(config[key], cls.hparams[key].choices)}")
+    if len(problems) == found:
         try:
-            build_algorithm(config)
+            build_algorithm(config, total_steps)
+        except HparamError as error:
+            problems.append(f"{where}.{error.hparam}: {error.reason}")
         except (TypeError, ValueError) as error:
             problems.append(f"{where}: {error}")
 
@@ -274,7 +298,7 @@ def validate(config: dict) -> Recipe:
     except ValidationError as error:
         raise RecipeError("invalid recipe:\n  - " + "\n  - ".join(format_validation_error(error))) from None
     problems: list[str] = []
-    _check_algorithm(recipe.algorithm.model_dump(), "algorithm", problems)
+    _check_algorithm(recipe.algorithm.model_dump(), "algorithm", problems, recipe.training.steps)
     _check_backbone(recipe.model.backbone, problems)
     if problems:
         raise RecipeError("invalid recipe:\n  - " + "\n  - ".join(problems))

@@ -11,7 +11,11 @@ includes "loss", and the predictions on the D*B examples for the compiled
 metrics.
 """
 
+import math
+import numbers
+
 import keras
+import numpy as np
 from keras import ops
 from keras import tree
 
@@ -30,12 +34,128 @@ def flatten_domains(x):
     )
 
 
+# -- hyperparameters: each algorithm declares its own ----------------------------
+
+
+class HparamError(ValueError):
+    """A hyperparameter value an algorithm does not allow; `hparam` names the
+    parameter and `reason` says what is allowed and what was given."""
+
+    def __init__(self, algorithm, hparam, reason):
+        super().__init__(f"{algorithm} {hparam} {reason}")
+        self.hparam, self.reason = hparam, reason
+
+
+class HparamTypeError(HparamError, TypeError):
+    """A hyperparameter value of the wrong type."""
+
+
+class Hparam:
+    """One hyperparameter's type and allowed values; made by `number`,
+    `integer`, `flag`, `choice` and `other`."""
+
+    def __init__(self, kind, low=None, high=None, low_open=False, high_open=False,
+                 choices=(), optional=False, text=None, check=None):
+        self.kind, self.low, self.high = kind, low, high
+        self.low_open, self.high_open = low_open, high_open
+        self.choices, self.optional, self.text = tuple(choices), optional, text
+        self.check = check
+
+    def describe(self):
+        """What is allowed, e.g. "a number in (0, 1]"."""
+        if self.text:
+            return self.text
+        if self.kind == "flag":
+            return "true or false"
+        if self.kind == "choice":
+            return "one of " + ", ".join(map(repr, self.choices))
+        what = "a number" if self.kind == "number" else "an integer"
+        if self.low is not None and self.high is not None:
+            what += (f" in {'(' if self.low_open else '['}{self.low:g}, "
+                     f"{self.high:g}{')' if self.high_open else ']'}")
+        elif self.low is not None:
+            what += f" {'>' if self.low_open else '>='} {self.low:g}"
+        return what + (" or None" if self.optional else "")
+
+    def problem(self, value):
+        """None if `value` is allowed, else (HparamTypeError or HparamError,
+        "must be ...; given ...")."""
+        reason = f"must be {self.describe()}; given {value!r}."
+        if value is None and self.optional:
+            return None
+        if self.kind == "other":
+            return None if self.check is None or self.check(value) else (HparamError, reason)
+        if self.kind == "choice":
+            return None if isinstance(value, str) and value in self.choices else (HparamError, reason)
+        if self.kind == "flag":
+            return None if isinstance(value, (bool, np.bool_)) else (HparamTypeError, reason)
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            return HparamTypeError, reason
+        if self.kind == "integer" and not float(value).is_integer():
+            return HparamTypeError, reason
+        low_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        high_ok = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return None if low_ok and high_ok and math.isfinite(value) else (HparamError, reason)
+
+
+def number(low=None, high=None, low_open=False, high_open=False):
+    """A finite real number, in [low, high] (an end left out: unbounded;
+    `low_open`/`high_open`: that end excluded)."""
+    return Hparam("number", low, high, low_open, high_open)
+
+
+def integer(low=None, high=None, optional=False):
+    """An integer in [low, high]; `optional`: None is allowed too."""
+    return Hparam("integer", low, high, optional=optional)
+
+
+def flag():
+    """True or False."""
+    return Hparam("flag")
+
+
+def choice(*options):
+    """One of the strings `options`."""
+    return Hparam("choice", choices=options)
+
+
+def other(text, check=None):
+    """Anything `check(value)` accepts (everything without it: the
+    constructor checks it); `text` says what is allowed."""
+    return Hparam("other", text=text, check=check)
+
+
 class Algorithm:
-    """Base class. Subclasses set `name`, define `step` and `get_config`."""
+    """Base class. Subclasses set `name` and `hparams`, define `step` and
+    `get_config`, and call `check_hparams(locals())` first in `__init__`."""
 
     name = None
     #: True when the algorithm compares domains pairwise (needs D >= 2).
     needs_domain_pairs = False
+    #: Each constructor argument's type and allowed values, name -> Hparam.
+    hparams = {}
+
+    @classmethod
+    def hparam_problems(cls, values):
+        """[(error class, name, reason)] for each of `values` (name -> value)
+        that its declaration does not allow; names not declared are skipped."""
+        found = []
+        for name, value in values.items():
+            problem = cls.hparams[name].problem(value) if name in cls.hparams else None
+            if problem:
+                found.append((problem[0], name, problem[1]))
+        return found
+
+    def check_hparams(self, values):
+        """Raise the first problem of `values` (the constructor's `locals()`)."""
+        for error, name, reason in self.hparam_problems(values):
+            raise error(type(self).__name__, name, reason)
+
+    def invalid(self, hparam, value, allowed=None):
+        """An HparamError for a check the declarations cannot express:
+        `hparam` must be `allowed` (default: its declaration); given `value`."""
+        allowed = allowed or self.hparams[hparam].describe()
+        return HparamError(type(self).__name__, hparam, f"must be {allowed}; given {value!r}.")
 
     def build(self, model):
         """Create the algorithm's own state (called once the model is built)."""

@@ -52,7 +52,7 @@ import numpy as np
 from keras import ops
 
 from kdg import random as kdg_random
-from kdg.algorithms.base import Algorithm
+from kdg.algorithms.base import Algorithm, choice, flag, integer, number
 from kdg.ops import gram_cosine_stats
 
 GRANULARITIES = ("layer", "model", "element")
@@ -68,6 +68,19 @@ class CorGrad(Algorithm):
     #: stacked gradients: on ResNet-18, stacking every equal kernel made the
     #: surgery alone run 2x slower on JAX)
     GROUP_MAX_SIZE = 1 << 16
+    hparams = {
+        "n_parts": integer(1),
+        "alpha": number(0, 1),  # 1: no smoothing
+        "granularity": choice(*GRANULARITIES),
+        "smoothing": flag(),
+        "projection": choice("sequential", "pcgrad"),
+        "layers": choice("all", "kernels"),
+        "alpha_schedule": choice("constant", "log_decay"),
+        # log_decay: alpha * (1 - log(t + 1) / log(total_steps))
+        "total_steps": integer(2, optional=True),
+        # cosines within it of 0 are ties, not conflicts
+        "tie_tolerance": number(0, 1, high_open=True),
+    }
 
     def __init__(
         self,
@@ -81,25 +94,10 @@ class CorGrad(Algorithm):
         total_steps=None,
         tie_tolerance=1e-5,
     ):
-        if granularity not in GRANULARITIES:
-            raise ValueError(
-                f"CorGrad granularity must be one of {GRANULARITIES}; got {granularity!r}."
-            )
-        if projection not in ("sequential", "pcgrad"):
-            raise ValueError(
-                f"CorGrad projection must be 'sequential' or 'pcgrad'; got {projection!r}."
-            )
-        if layers not in ("all", "kernels"):
-            raise ValueError(f"CorGrad layers must be 'all' or 'kernels'; got {layers!r}.")
-        if alpha_schedule not in ("constant", "log_decay"):
-            raise ValueError(
-                "CorGrad alpha_schedule must be 'constant' or 'log_decay'; "
-                f"got {alpha_schedule!r}."
-            )
-        if alpha_schedule == "log_decay" and not total_steps:
-            raise ValueError("CorGrad alpha_schedule='log_decay' needs total_steps.")
-        if int(n_parts) < 1:
-            raise ValueError(f"CorGrad n_parts must be >= 1; got {n_parts}.")
+        self.check_hparams(locals())
+        if alpha_schedule == "log_decay" and total_steps is None:
+            raise self.invalid("total_steps", total_steps,
+                               "an integer >= 2 (the training steps) with alpha_schedule='log_decay'")
         self.n_parts = int(n_parts)
         self.alpha = float(alpha)
         self.granularity = granularity

@@ -22,12 +22,32 @@ import keras
 from keras import ops
 
 from kdg import random as kdg_random
-from kdg.algorithms.base import Algorithm, domain
+from kdg.algorithms.base import Algorithm, domain, flag, integer, number, other
 from kdg.algorithms.erm import ERM
+
+
+def _optimizer(identifier):
+    """A Keras optimizer from an instance, a name or a config; None if none."""
+    try:
+        return keras.optimizers.get(identifier)
+    except (TypeError, ValueError):
+        return None
 
 
 class Fish(Algorithm):
     name = "fish"
+    hparams = {
+        # a step from theta towards theta_inner, at most all the way
+        "meta_lr": number(0, 1, low_open=True),
+        "inner_optimizer": other(
+            "None (the compiled optimizer), an optimizer's name like 'sgd', "
+            "its config {class_name: SGD, config: {learning_rate: 0.01}}, or an optimizer",
+            check=lambda value: value is None or _optimizer(value) is not None,
+        ),
+        "meta_lr_per_domain": flag(),
+        "shuffle_domains": flag(),
+        "warmup_steps": integer(0),
+    }
 
     def __init__(
         self,
@@ -37,10 +57,9 @@ class Fish(Algorithm):
         shuffle_domains=False,
         warmup_steps=0,
     ):
+        self.check_hparams(locals())
         self.meta_lr = float(meta_lr)
-        if isinstance(inner_optimizer, (str, dict)):
-            inner_optimizer = keras.optimizers.get(inner_optimizer)
-        self.inner_optimizer = inner_optimizer
+        self.inner_optimizer = None if inner_optimizer is None else _optimizer(inner_optimizer)
         self.meta_lr_per_domain = bool(meta_lr_per_domain)
         self.shuffle_domains = bool(shuffle_domains)
         self.warmup_steps = int(warmup_steps)

@@ -41,13 +41,36 @@ import re
 from keras import ops
 
 from kdg import random as kdg_random
-from kdg.algorithms.base import Algorithm, flatten_domains
+from kdg.algorithms.base import Algorithm, choice, flatten_domains, integer, number, other
 from kdg.ops import cosine_stats
+
+
+def _is_pattern(text):
+    try:
+        re.compile(text)
+    except re.error:
+        return False
+    return True
 
 
 class GGA(Algorithm):
     name = "gga"
     needs_domain_pairs = True
+    hparams = {
+        "base": other("an algorithm other than GGA (an instance, a name or a config)"),
+        "start_step": integer(0),
+        "end_step": integer(0),  # and >= start_step
+        "rho": number(0, low_open=True),
+        "trials": integer(0),
+        "loss_tolerance": number(),  # < 0: a trial must lower the loss by that much
+        "perturb": other(
+            "'features', 'all' or a regular expression matched against variable paths",
+            check=lambda value: isinstance(value, str) and _is_pattern(value),
+        ),
+        "temperature": number(0),  # 0: greedy acceptance
+        "cooling": number(0, 1, low_open=True),
+        "concat_loss": choice("auto", "separate", "mean"),
+    }
 
     def __init__(
         self,
@@ -62,21 +85,18 @@ class GGA(Algorithm):
         cooling=0.99,
         concat_loss="auto",
     ):
+        self.check_hparams(locals())
         from kdg import algorithms
 
-        self.base = algorithms.get(base)
+        try:
+            self.base = algorithms.get(base)
+        except (TypeError, ValueError) as error:
+            allowed = f"an algorithm other than GGA ({str(error).rstrip('.')})"
+            raise self.invalid("base", base, allowed) from None
         if isinstance(self.base, GGA):
-            raise ValueError("GGA cannot wrap GGA.")
-        if int(end_step) < int(start_step):
-            raise ValueError(
-                f"GGA end_step ({end_step}) must be >= start_step ({start_step})."
-            )
-        if int(trials) < 0:
-            raise ValueError(f"GGA trials must be >= 0; got {trials}.")
-        if concat_loss not in ("auto", "separate", "mean"):
-            raise ValueError(
-                f"GGA concat_loss must be 'auto', 'separate' or 'mean'; got {concat_loss!r}."
-            )
+            raise self.invalid("base", self.base.name)
+        if end_step < start_step:
+            raise self.invalid("end_step", end_step, f"an integer >= start_step ({start_step})")
         self.start_step = int(start_step)
         self.end_step = int(end_step)
         self.rho = float(rho)

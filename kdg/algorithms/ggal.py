@@ -17,7 +17,7 @@ instead of a second pass; "separate" always makes the pass, "mean" never.
 from keras import ops
 
 from kdg import random as kdg_random
-from kdg.algorithms.base import Algorithm, flatten_domains
+from kdg.algorithms.base import Algorithm, choice, flatten_domains, number
 from kdg.ops import cosine_stats
 
 NOISES = {"gaussian": "normal", "uniform": "uniform"}
@@ -26,14 +26,14 @@ NOISES = {"gaussian": "normal", "uniform": "uniform"}
 class GGAL(Algorithm):
     name = "ggal"
     needs_domain_pairs = True
+    hparams = {
+        "gamma": number(0),  # 0: no noise, ERM's update
+        "noise": choice(*NOISES),
+        "concat_grad": choice("auto", "separate", "mean"),
+    }
 
     def __init__(self, gamma=1e-3, noise="gaussian", concat_grad="auto"):
-        if noise not in NOISES:
-            raise ValueError(f"GGAL noise must be 'gaussian' or 'uniform'; got {noise!r}.")
-        if concat_grad not in ("auto", "separate", "mean"):
-            raise ValueError(
-                f"GGAL concat_grad must be 'auto', 'separate' or 'mean'; got {concat_grad!r}."
-            )
+        self.check_hparams(locals())
         self.gamma = float(gamma)
         self.noise = noise
         self.concat_grad = concat_grad
