@@ -69,12 +69,14 @@ class Hparam:
             return "true or false"
         if self.kind == "choice":
             return "one of " + ", ".join(map(repr, self.choices))
-        what = "a number" if self.kind == "number" else "an integer"
+        what = "an integer" if self.kind == "integer" else "a number"
         if self.low is not None and self.high is not None:
             what += (f" in {'(' if self.low_open else '['}{self.low:g}, "
                      f"{self.high:g}{')' if self.high_open else ']'}")
         elif self.low is not None:
             what += f" {'>' if self.low_open else '>='} {self.low:g}"
+        elif self.kind == "number":
+            what = "a finite number"
         return what + (" or None" if self.optional else "")
 
     def problem(self, value):
