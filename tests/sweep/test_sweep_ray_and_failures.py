@@ -15,9 +15,12 @@ from .helpers import BASE, BACKEND, write_sweep
 
 ray = pytest.importorskip("ray")
 
-# GGA whose `perturb` is not a regular expression: it validates (the
-# constructor keeps the string) and crashes at its first step with a traceback.
-BROKEN_GGA = {"name": "gga", "start_step": 1, "end_step": 2, "trials": 1, "perturb": "("}
+# GGA around a Fish whose inner optimizer Keras builds from its config but
+# cannot apply (a string clipnorm): kdg hands the config to Keras as it is,
+# so the job validates and crashes at its first step with a traceback.
+BROKEN_GGA = {"name": "gga", "start_step": 1, "end_step": 2, "trials": 1, "base": {
+    "name": "fish", "inner_optimizer": {"class_name": "SGD", "config": {"learning_rate": 0.1,
+                                                                        "clipnorm": "a"}}}}
 
 
 @pytest.fixture
@@ -57,11 +60,11 @@ def test_ray_runs_the_jobs_and_a_failed_job_keeps_its_error(tmp_path, local_ray)
     # the failed one: traceback and stderr in error.txt, a summary in the status
     error = (gga.directory / jobs_lib.ERROR).read_text()
     assert "exited with status 1" in error and "Traceback (most recent call last)" in error
-    assert "missing ), unterminated subpattern" in error
+    assert "not supported between instances of 'str' and 'int'" in error
     assert error.split("--- stderr ---\n", 1)[1] == (gga.directory / "stderr.txt").read_text()
     rows = status(sweep, ["test_envs=0"])
     assert [s.state for _, s in rows] == ["done", "failed"]
-    assert rows[1][1].detail.startswith("re.error: missing ), unterminated subpattern")
+    assert rows[1][1].detail.startswith("TypeError: '>' not supported between instances")
     assert "1 done, 0 running, 1 failed" in format_status(rows)
     assert f"failed  {gga.name}" in text and "see " in text
     assert not list(sweep.output_dir.rglob(jobs_lib.LOCK))
