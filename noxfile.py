@@ -39,6 +39,16 @@ def readme_commands(section: str) -> list[list[str]]:
     return [command for command in commands if command]
 
 
+def cuda_wheels(packages: dict[str, str]) -> list[str]:
+    """The CUDA wheels among installed `{name: version}`: every `nvidia-*`
+    package (PyPI's CUDA builds of PyTorch and JAX pull them) and a PyTorch
+    built for CUDA (`+cu...`)."""
+    found = sorted(name for name in packages if name.lower().startswith("nvidia-"))
+    found += [f"{name} {version}" for name, version in packages.items()
+              if name.lower() == "torch" and "+cu" in version]
+    return found
+
+
 @nox.session(reuse_venv=False)
 def quickstart(session):
     """The README's Quickstart in a fresh virtualenv: no CUDA wheel, a finished run."""
@@ -54,10 +64,7 @@ def quickstart(session):
     if not (work / "runs" / "quickstart" / "done").is_file():
         session.error(f"{shlex.join(train)!r} did not finish a run in {work / 'runs'}")
     listed = session.run("pip", "list", "--format=json", silent=True)
-    packages = {p["name"].lower(): p["version"] for p in json.loads(listed)}
-    cuda = sorted(name for name in packages if name.startswith("nvidia-"))
-    if "+cu" in packages.get("torch", ""):
-        cuda.append(f"torch {packages['torch']}")
+    cuda = cuda_wheels({p["name"]: p["version"] for p in json.loads(listed)})
     if cuda:
         session.error(f"{shlex.join(install)!r} installed CUDA wheels on a CPU machine: {', '.join(cuda)}")
 

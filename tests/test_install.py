@@ -83,6 +83,15 @@ def test_default_sessions_run_the_quickstart_and_every_backend():
     assert re.search(r"^python3 -m nox\s*$", ci, re.M)  # the default sessions, no -s
 
 
+def test_the_quickstart_session_tells_cuda_wheels():
+    assert noxfile.cuda_wheels({"tensorflow": "2.21.0", "torch": "2.13.0+cpu",
+                                "numpy": "2.3.0"}) == []
+    assert noxfile.cuda_wheels({"torch": "2.14.1", "nvidia-cublas": "13.1.1.3",
+                                "nvidia-nccl-cu13": "2.30.7"}) == ["nvidia-cublas",
+                                                                   "nvidia-nccl-cu13"]
+    assert noxfile.cuda_wheels({"torch": "2.13.0+cu126"}) == ["torch 2.13.0+cu126"]
+
+
 # -- without the optional backends ------------------------------------------------------
 
 BLOCKER = """
