@@ -6,15 +6,14 @@ import re
 import subprocess
 import sys
 import textwrap
-import tomllib
 from pathlib import Path
 
 import pytest
 from conftest import BACKEND
 from packaging.requirements import Requirement
 
+tomllib = pytest.importorskip("tomllib", reason="reads pyproject.toml with Python >= 3.11")
 REPO = Path(__file__).resolve().parents[1]
-README = REPO / "README.md"
 sys.path.insert(0, str(REPO))
 import noxfile  # noqa: E402  (the sessions .ci/run runs)
 
