@@ -1,20 +1,76 @@
-"""Test sessions, one per Keras backend: `nox` runs all three.
+"""Sessions: `nox` runs the README's Quickstart, then the suite once per backend.
 
-Each session installs kdg with every backend (the cross-backend test runs
-the other two in subprocesses) and PyTorch pinned to the local CPU build
-(constraints-test.txt), then runs pytest with KERAS_BACKEND set.
+`quickstart` runs the README's Quickstart commands exactly as written (read
+from README.md) in a new virtualenv, then fails if a CUDA wheel came in.
+
+The test sessions install kdg with every backend (the cross-backend test
+runs the other two in subprocesses) with the README's line for a CPU-only
+machine (`cpu_install()`: PyTorch's CPU build, pinned in constraints-cpu.txt),
+then run pytest with KERAS_BACKEND set.
 """
+
+import json
+import re
+import shlex
+import shutil
+from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["tests-jax", "tests-tensorflow", "tests-torch"]
+nox.options.sessions = ["quickstart", "tests-jax", "tests-tensorflow", "tests-torch"]
 nox.options.reuse_existing_virtualenvs = True
 
 BACKENDS = ("jax", "tensorflow", "torch")
+HERE = Path(__file__).resolve().parent
+
+
+def cpu_install(extras: str = "all") -> tuple[str, ...]:
+    """`pip install` arguments of the README's line for every backend on a CPU machine."""
+    return ("-c", "constraints-cpu.txt", "-e", f".[{extras}]")
+
+
+def readme_commands(section: str) -> list[list[str]]:
+    """The commands (argument lists) of the first ```bash block under
+    README.md's `## {section}` heading, comments left out."""
+    text = (HERE / "README.md").read_text()
+    start = text.index(f"\n## {section}")
+    block = re.search(r"```bash\n(.*?)```", text[start:], re.S).group(1)
+    commands = (shlex.split(line, comments=True) for line in block.splitlines())
+    return [command for command in commands if command]
+
+
+def cuda_wheels(packages: dict[str, str]) -> list[str]:
+    """The CUDA wheels among installed `{name: version}`: every `nvidia-*`
+    package (PyPI's CUDA builds of PyTorch and JAX pull them) and a PyTorch
+    built for CUDA (`+cu...`)."""
+    found = sorted(name for name in packages if name.lower().startswith("nvidia-"))
+    found += [f"{name} {version}" for name, version in packages.items()
+              if name.lower() == "torch" and "+cu" in version]
+    return found
+
+
+@nox.session(reuse_venv=False)
+def quickstart(session):
+    """The README's Quickstart in a fresh virtualenv: no CUDA wheel, a finished run."""
+    install, train = readme_commands("Quickstart")
+    session.run(*install)
+    # The train command names recipes/...: run it in an empty folder holding
+    # a copy of recipes/, so that its run is new and lands there.
+    work = Path(session.create_tmp()) / "quickstart"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(HERE / "recipes", work / "recipes")
+    with session.chdir(work):
+        session.run(*train)
+    if not (work / "runs" / "quickstart" / "done").is_file():
+        session.error(f"{shlex.join(train)!r} did not finish a run in {work / 'runs'}")
+    listed = session.run("pip", "list", "--format=json", silent=True)
+    cuda = cuda_wheels({p["name"]: p["version"] for p in json.loads(listed)})
+    if cuda:
+        session.error(f"{shlex.join(install)!r} installed CUDA wheels on a CPU machine: {', '.join(cuda)}")
 
 
 def _tests(session, backend):
-    session.install("-c", "constraints-test.txt", "-e", ".[all,test]")
+    session.install(*cpu_install("all,test"))
     session.run(
         "pytest", "-n", "2", "-p", "no:cacheprovider", *session.posargs,
         env={"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"},

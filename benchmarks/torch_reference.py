@@ -2,7 +2,7 @@
 
 This file is the "reference way" that kdg's benchmark measures itself against,
 and a second, independent implementation that kdg's results can be checked
-against. The update rules are the ones in ``shared/spec/ALGORITHMS.md``. The
+against. The update rules are the ones in ``docs/ALGORITHMS.md``. The
 code is written the way the authors' reference code is written, on purpose
 *without* optimisation: eager PyTorch, one backward pass per domain, Python
 loops over parameters ("layers"), chunks and domain pairs, ``.item()`` inside

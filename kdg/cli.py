@@ -41,8 +41,19 @@ def _use_backend(backend: str | None) -> str:
         return current
     if backend:
         os.environ["KERAS_BACKEND"] = backend
-    import keras
-
+    try:
+        import keras
+    except ModuleNotFoundError as error:
+        # JAX and PyTorch are extras: the default install has TensorFlow only.
+        missing = {"jax": "jax", "jaxlib": "jax", "torch": "torch"}.get(error.name)
+        if missing is None:
+            raise
+        install = f"pip install -e \".[{missing}]\""
+        if missing == "torch":
+            install += (" (on a CPU-only machine: pip install -c constraints-cpu.txt -e "
+                        "\".[torch]\", without CUDA wheels)")
+        _fail(f"the {missing} backend is not installed. Install it with {install}, or "
+              "choose an installed backend with --backend or KERAS_BACKEND.")
     return keras.backend.backend()
 
 
@@ -179,7 +190,7 @@ def data():
     Examples:
       kdg data download PACS --root ~/data
       kdg data check PACS --root ~/data
-      kdg data check custom --root ~/data/my_dataset
+      kdg data check custom --path ~/data/my_dataset
     """
 
 
@@ -206,18 +217,22 @@ def download(name, root, force):
 @data.command()
 @click.argument("name")
 @click.option("--root", default=None, help="Data root (default: $KDG_DATA_ROOT).")
+@click.option("--path", default=None,
+              help="Folder of a custom dataset (NAME custom), as dataset.path in a recipe.")
 @click.option("--no-decode", is_flag=True, help="Skip decoding every image (faster).")
-def check(name, root, no_decode):
+def check(name, root, path, no_decode):
     """Check a dataset's layout: missing domains, class folders that differ
     between domains, unreadable images; print counts per domain and class.
 
     \b
-    Example: kdg data check PACS --root ~/data
+    Examples:
+      kdg data check PACS --root ~/data
+      kdg data check custom --path ~/data/my_dataset
     """
     from kdg import data as data_lib
 
     try:
-        report = data_lib.check_layout(name, root, decode=not no_decode)
+        report = data_lib.check_layout(name, root, path=path, decode=not no_decode)
     except (data_lib.DataError, KeyError, ValueError) as error:
         _fail(error)
     click.echo(data_lib.format_report(report))

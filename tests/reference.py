@@ -1,4 +1,4 @@
-"""Independent NumPy references, written from ../shared/spec/ALGORITHMS.md.
+"""Independent NumPy references, written from docs/ALGORITHMS.md.
 
 The model is softmax regression, logits = x @ W + b, whose cross-entropy
 gradients are known in closed form. Nothing here imports kdg.

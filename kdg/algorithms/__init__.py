@@ -1,6 +1,9 @@
 """The algorithms, one file each, written once with `keras.ops`.
 
-See `../shared/spec/ALGORITHMS.md` for the update rules they implement.
+Each algorithm's module docstring states the update rule it implements
+(`help(kdg.algorithms.fish)`); `docs/ALGORITHMS.md` in the source repository
+has them all, with their hyperparameters and defaults, where the papers and
+the authors' code differ, DomainBed's protocol and the published numbers.
 """
 
 from kdg.algorithms.base import Algorithm, StepContext

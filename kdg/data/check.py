@@ -76,14 +76,19 @@ class LayoutReport:
 
 
 def check_layout(name_or_path: str | os.PathLike, root: str | os.PathLike | None = None, *,
-                 decode: bool = True, workers: int = 8) -> LayoutReport:
+                 path: str | os.PathLike | None = None, decode: bool = True,
+                 workers: int = 8) -> LayoutReport:
     """Check a dataset folder in the layout ``ROOT/<Folder>/<domain>/<class>/<image>``.
 
     Args:
         name_or_path: a registered folder dataset (PACS, VLCS, OfficeHome,
-            TerraIncognita, DomainNet), looked up under ``root``; or the path
-            of a custom dataset folder (relative to ``root`` when given).
+            TerraIncognita, DomainNet), looked up under ``root``; ``"custom"``
+            with ``path``, as in a recipe; or the path of a custom dataset
+            folder. A custom dataset's path is relative to ``root`` when
+            given, else to the working directory.
         root: the data root (default ``$KDG_DATA_ROOT``).
+        path: the folder of a ``"custom"`` dataset (the one holding the
+            domain folders).
         decode: decode every image to find corrupt files (slower).
         workers: threads used to decode.
     """
@@ -92,6 +97,14 @@ def check_layout(name_or_path: str | os.PathLike, root: str | os.PathLike | None
         info = get_info(os.fspath(name_or_path))
     except KeyError:
         pass
+    if info is not None and info.kind == "custom":
+        if path is None:
+            raise ValueError("a custom dataset needs its folder: --path DIR (path=DIR), the "
+                             "folder that holds one sub-folder per domain")
+        info, name_or_path = None, path
+    elif path is not None:
+        raise ValueError(f"--path (path=) is for a custom dataset; {name_or_path} is found "
+                         "under --root (root=)")
     if info is not None and info.kind != "folder":
         raise ValueError(
             f"check_layout checks image folders; {info.name} is not one "

@@ -30,7 +30,7 @@ every trial: the trials repeat the same settings on other data splits and
 seeds, which is what "the best setting per trial" compares.
 
 The default spaces (:data:`DEFAULT_SPACE`) are the common protocol's ranges
-(`shared/spec/ALGORITHMS.md`) and, per algorithm:
+(`docs/ALGORITHMS.md`) and, per algorithm:
 
 ======== ============ =================================================================
 fish     meta_lr      choice {0.05, 0.1, 0.5} (DomainBed's)
