@@ -90,26 +90,34 @@ def damage_inside(path: Path) -> None:
 
 
 BAD_FILES = {
-    # name: (file under the dataset folder, how it is made)
-    "zero-byte": ("a/cat/empty.jpg", lambda path: path.write_bytes(b"")),
-    "truncated jpeg": ("a/dog/cut.jpg", lambda path: path.write_bytes(image_bytes("JPEG")[:300])),
-    "truncated png": ("b/cat/cut.png", lambda path: path.write_bytes(image_bytes("PNG")[:-30])),
+    # name: (file under the dataset folder, how it is made, the reason given)
+    "zero-byte": ("a/cat/empty.jpg", lambda path: path.write_bytes(b""), "empty file (0 bytes)"),
+    "truncated jpeg": ("a/dog/cut.jpg", lambda path: path.write_bytes(image_bytes("JPEG")[:300]),
+                       "cannot be decoded"),
+    "truncated png": ("b/cat/cut.png", lambda path: path.write_bytes(image_bytes("PNG")[:-30]),
+                      "cannot be decoded"),
     "text named .jpg": ("b/dog/page.jpg",
-                        lambda path: path.write_text("<html>404 Not Found</html>\n")),
-    "damaged inside": ("a/cat/1.png", damage_inside),
+                        lambda path: path.write_text("<html>404 Not Found</html>\n"),
+                        "not an image: starts with b'<html>40'"),
+    "damaged inside": ("a/cat/1.png", damage_inside, "cannot be decoded (Invalid PNG data"),
 }
 
 
 @pytest.mark.parametrize("kind", list(BAD_FILES))
 def test_train_refuses_a_bad_image_before_writing_and_data_check_lists_it(kind, folder,
-                                                                          tmp_path):
-    relative, make = BAD_FILES[kind]
+                                                                          tmp_path, monkeypatch):
+    relative, make, reason = BAD_FILES[kind]
     bad = folder / relative
     make(bad)
     result = invoke("train", str(recipe(tmp_path, folder)), "--quiet")
-    assert_refused(result, str(bad.absolute()), "1 image file(s) cannot be decoded",
+    assert_refused(result, f"{bad.absolute()}: {reason}", "1 image file(s) cannot be decoded",
                    "Delete or replace", f"kdg data check {folder.absolute()}")
     assert not (tmp_path / "run").exists()
+    if kind != "damaged inside":  # the cheap checks find it in a dataset of any size
+        monkeypatch.setattr(dataset_module, "FULL_DECODE_LIMIT", 10)
+        assert_refused(invoke("train", str(recipe(tmp_path, folder)), "--quiet"),
+                       f"{bad.absolute()}: {reason}")
+        assert not (tmp_path / "run").exists()
 
     checked = invoke("data", "check", str(folder))
     assert checked.exit_code == 1 and "Traceback" not in checked.output
@@ -136,6 +144,16 @@ def test_every_bad_file_is_named_with_a_count(folder, tmp_path):
     assert not (tmp_path / "run").exists()
     checked = invoke("data", "check", str(folder))  # lists them all
     assert checked.exit_code == 1 and all(str(path) in checked.output for path in bad)
+
+
+def test_every_image_is_decoded_up_to_the_limit(folder, tmp_path, monkeypatch):
+    damage_inside(folder / "a" / "cat" / "1.png")
+    dataset = recipes.load_recipe(recipe(tmp_path, folder))
+    monkeypatch.setattr(dataset_module, "FULL_DECODE_LIMIT", 24)  # the dataset's size
+    with pytest.raises(recipes.RecipeError, match="1.png: cannot be decoded"):
+        recipes.check_dataset(dataset)
+    monkeypatch.setattr(dataset_module, "FULL_DECODE_LIMIT", 23)  # cheap checks only
+    assert recipes.check_dataset(dataset).sizes == (12, 12)
 
 
 def test_a_bad_image_met_during_training_is_named(folder, tmp_path, monkeypatch):
