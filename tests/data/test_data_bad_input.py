@@ -160,10 +160,24 @@ def test_a_bad_image_met_during_training_is_named(folder, tmp_path, monkeypatch)
     # a dataset above the full-decode limit gets the cheap checks only; a file
     # damaged inside passes them and is found when training reads it
     monkeypatch.setattr(dataset_module, "FULL_DECODE_LIMIT", 10)
-    bad = folder / "a" / "cat" / "1.png"
+    dataset = recipes.check_dataset(recipes.load_recipe(recipe(tmp_path, folder)))
+    training_files = dataset.sources[0].paths[dataset.split("a", "in").indices]
+    bad = Path(next(path for path in sorted(training_files) if path.endswith(".png")))
     damage_inside(bad)
+    # a batch of 10 holds every image of a's in split: step 1 meets the bad file
+    result = invoke("train", str(recipe(tmp_path, folder)), "--quiet",
+                    "--set", "training.batch_size=10")
+    assert_refused(result, f"{bad}: cannot be decoded", "Delete or replace")
+    assert (tmp_path / "run" / "results.jsonl").read_text() == ""  # met at step 1, not at eval
+
+    # the test domain b is only evaluated: the first evaluation meets its bad file
+    shutil.rmtree(tmp_path / "run")
+    bad.write_bytes(image_bytes("PNG"))
+    in_test_domain = folder / "b" / "dog" / "3.png"
+    damage_inside(in_test_domain)
     result = invoke("train", str(recipe(tmp_path, folder)), "--quiet")
-    assert_refused(result, str(bad), "cannot be decoded", "Delete or replace")
+    assert_refused(result, f"{in_test_domain}: cannot be decoded", "Delete or replace")
+    assert (tmp_path / "run" / "checkpoint.npz").exists() is False  # stopped at step 2's eval
 
 
 def test_eval_refuses_a_bad_image_and_names_one_met_while_evaluating(folder, tmp_path,

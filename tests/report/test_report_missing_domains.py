@@ -67,6 +67,8 @@ def test_domains_are_counted_from_args_not_from_the_first_missing_key():
     without_args = {k: v for k, v in NO_OUT_FOR_B[0][0].items() if k != "args"}
     assert count_envs(without_args) == 3  # env2's keys, after the gap at env1_out_acc
     assert count_envs({"step": 0}) == 0
+    only_a = record(0, 10, dict(in0=.5, out0=.5))  # args name three domains
+    assert count_envs(only_a) == 3
 
 
 def test_training_domain_selection_keeps_every_column_and_says_what_is_missing(tmp_path):
