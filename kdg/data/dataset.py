@@ -126,15 +126,19 @@ class DGDataset:
         """
         splits = [d if isinstance(d, Split) else self.split(d, "in") for d in domains]
         streams = [(self.sources[s.domain_index], s) for s in splits]
-        return _train_batches(streams, batch_size, policy=self.policy, seed=seed)
+        batches = _train_batches(streams, batch_size, policy=self.policy, seed=seed)
+        batches.check = self.check_command
+        return batches
 
     def eval_batches(self, split: Split | DomainRef, batch_size: int = 64) -> Batches:
         """Finite, never augmented ``(B, *input_shape)`` batches of a split
         (a domain given instead of a split means the whole domain)."""
         if not isinstance(split, Split):
             split = self.split(split, "all")
-        return _eval_batches(self.sources[split.domain_index], split, batch_size,
-                             policy=self.policy)
+        batches = _eval_batches(self.sources[split.domain_index], split, batch_size,
+                                policy=self.policy)
+        batches.check = self.check_command
+        return batches
 
     def check_images(self, domains: Sequence[DomainRef] | None = None) -> None:
         """Raise :class:`~kdg.data.CorruptImageError` naming every image file

@@ -100,7 +100,10 @@ class Batches:
     Attributes:
         dataset: the underlying ``tf.data.Dataset`` of ``(x, y)`` tensors.
         num_batches: number of batches, or ``None`` for an infinite stream.
+        check: the ``kdg data check`` command a bad-image message suggests.
     """
+
+    check: str | None = None
 
     def __init__(self, dataset: tf.data.Dataset, num_batches: int | None,
                  find_corrupt: Callable[[], list[tuple[str, str]]]):
@@ -137,7 +140,7 @@ class Batches:
         except tf.errors.OpError as error:
             corrupt = self._find_corrupt()
             if corrupt:
-                raise CorruptImageError(corrupt) from error
+                raise CorruptImageError(corrupt, check=self.check) from error
             raise
 
 

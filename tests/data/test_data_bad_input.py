@@ -167,7 +167,8 @@ def test_a_bad_image_met_during_training_is_named(folder, tmp_path, monkeypatch)
     # a batch of 10 holds every image of a's in split: step 1 meets the bad file
     result = invoke("train", str(recipe(tmp_path, folder)), "--quiet",
                     "--set", "training.batch_size=10")
-    assert_refused(result, f"{bad}: cannot be decoded", "Delete or replace")
+    assert_refused(result, f"{bad}: cannot be decoded", "Delete or replace",
+                   f"kdg data check {folder.absolute()}")
     assert (tmp_path / "run" / "results.jsonl").read_text() == ""  # met at step 1, not at eval
 
     # the test domain b is only evaluated: the first evaluation meets its bad file
@@ -195,7 +196,8 @@ def test_eval_refuses_a_bad_image_and_names_one_met_while_evaluating(folder, tmp
 
     monkeypatch.setattr(dataset_module, "FULL_DECODE_LIMIT", 10)  # cheap checks only
     result = invoke(*evaluate)
-    assert_refused(result, str(bad), "cannot be decoded", "Delete or replace")
+    assert_refused(result, str(bad), "cannot be decoded", "Delete or replace",
+                   f"kdg data check {folder.absolute()}")
     assert "│ a" not in result.output  # refused, no table printed
 
 
