@@ -167,6 +167,7 @@ def evaluate(model_or_run, dataset_name, root, path, domains, split, image_size,
         options = {} if image_size is None else {"image_size": image_size}
         dataset = data.load(dataset_name, root, path=path, **options)
         chosen = [dataset.domain_index(d) for d in domains] or range(len(dataset.domains))
+        dataset.check_images(chosen)
     except (data.DataError, KeyError, ValueError) as error:
         _fail(error)
     model = keras.models.load_model(model_path)
@@ -176,7 +177,11 @@ def evaluate(model_or_run, dataset_name, root, path, domains, split, image_size,
     for i in chosen:
         split_obj = dataset.split(i, split)
         batches = dataset.eval_batches(split_obj, batch_size=batch_size)
-        result = model.evaluate(batches.dataset, verbose=0, return_dict=True)
+        try:
+            with batches.naming_bad_images():
+                result = model.evaluate(batches.dataset, verbose=0, return_dict=True)
+        except data.DataError as error:
+            _fail(error)
         table.add_row(dataset.domains[i], split, str(len(split_obj)),
                       f"{result.get('accuracy', float('nan')):.4f}", f"{result['loss']:.4f}")
     _console().print(table)
@@ -219,10 +224,13 @@ def download(name, root, force):
 @click.option("--root", default=None, help="Data root (default: $KDG_DATA_ROOT).")
 @click.option("--path", default=None,
               help="Folder of a custom dataset (NAME custom), as dataset.path in a recipe.")
-@click.option("--no-decode", is_flag=True, help="Skip decoding every image (faster).")
+@click.option("--no-decode", is_flag=True,
+              help="Do not decode every image; only find empty, non-image and cut-short files.")
 def check(name, root, path, no_decode):
-    """Check a dataset's layout: missing domains, class folders that differ
-    between domains, unreadable images; print counts per domain and class.
+    """Check a dataset's layout: missing domains, empty class folders, class
+    folders that differ between domains, images that cannot be decoded;
+    print counts per domain and class. It lists every bad file that `kdg
+    train` and `kdg eval` refuse.
 
     \b
     Examples:
@@ -235,7 +243,7 @@ def check(name, root, path, no_decode):
         report = data_lib.check_layout(name, root, path=path, decode=not no_decode)
     except (data_lib.DataError, KeyError, ValueError) as error:
         _fail(error)
-    click.echo(data_lib.format_report(report))
+    click.echo(data_lib.format_report(report, max_listed=None))
     if not report.ok:
         info = data_lib.get_info(name) if name in data_lib.dataset_names() else None
         if info is not None and info.downloadable:

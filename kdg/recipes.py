@@ -21,6 +21,7 @@ and, for typos, the closest match.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -315,8 +316,9 @@ def load_recipe(path: str | Path, overrides: list[str] = (), backend: str | None
 
 
 def check_dataset(recipe: Recipe):
-    """Load the dataset description (no images decoded) and check the test
-    domains; returns the DGDataset. Raises RecipeError."""
+    """Load the dataset, check the test domains, the size of every domain's
+    splits and its image files (``DGDataset.check_images``); returns the
+    DGDataset. Raises RecipeError."""
     from kdg import data
 
     cfg = recipe.dataset
@@ -352,9 +354,45 @@ def check_dataset(recipe: Recipe):
             )
     if not problems and len(set(map(dataset.domain_index, cfg.test_domains))) >= len(dataset.domains):
         problems.append("dataset.test_domains: every domain is a test domain; none is left to train on.")
+    problems += _split_problems(dataset)
     if problems:
         raise RecipeError("invalid recipe:\n  - " + "\n  - ".join(problems))
+    try:
+        dataset.check_images()
+    except data.DataError as error:
+        raise RecipeError(f"invalid recipe:\n  - dataset: {error}") from None
     return dataset
+
+
+def _split_problems(dataset) -> list[str]:
+    """Every domain needs an example in its in split and, unless
+    holdout_fraction is 0 (no validation splits asked for), in its out split:
+    model selection reads every domain's out-split accuracy."""
+    fraction = dataset.holdout_fraction
+    problems = []
+    for i, domain in enumerate(dataset.domains):
+        size = dataset.sizes[i]
+        if len(dataset.split(i, "in")) == 0:
+            problems.append(f"dataset: domain {domain!r} has no example to train or test on "
+                            f"({size} in all). Add examples to it.")
+        elif fraction > 0 and len(dataset.split(i, "out")) == 0:
+            needed = math.ceil(1 / fraction)
+            while int(needed * fraction) < 1:
+                needed += 1
+            raise_to = ""
+            if size > 1:
+                lowest = math.ceil(1000 / size) / 1000
+                while int(size * lowest) < 1:
+                    lowest += 0.001
+                raise_to = f", raise dataset.holdout_fraction to {lowest:g}"
+            problems.append(
+                f"dataset.holdout_fraction: domain {domain!r} has {size} example(s), so its "
+                f"out (validation) split of int({size} x {fraction:g}) = 0 examples is empty "
+                f"and model selection could not score it. Add examples to {domain!r} (at least "
+                f"{needed} with holdout_fraction {fraction:g}){raise_to}, or set "
+                "dataset.holdout_fraction: 0 to train without validation splits."
+            )
+    return problems
 
 
 def dump(recipe: Recipe) -> str:

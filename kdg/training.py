@@ -166,7 +166,8 @@ def evaluate(model, dataset, batch_size: int) -> dict:
             if len(split) == 0:
                 continue
             batches = dataset.eval_batches(split, batch_size=batch_size)
-            result = model.evaluate(batches.dataset, verbose=0, return_dict=True)
+            with batches.naming_bad_images():
+                result = model.evaluate(batches.dataset, verbose=0, return_dict=True)
             record[f"env{i}_{part}_acc"] = float(result["accuracy"])
             record[f"env{i}_{part}_loss"] = float(result["loss"])
     return record
@@ -247,7 +248,7 @@ def run(recipe: recipes.Recipe, console=None) -> dict | None:
     writer = tf.summary.create_file_writer(str(out / "tensorboard"))
 
     batches = dataset.train_batches(train_envs, batch_size=training.batch_size, seed=training.seed)
-    stream = iter(batches.dataset.skip(start))
+    stream = batches.iterate(skip=start)
     progress = _Progress(training.steps, start, console)
     # the training logs since the last evaluation, kept in the checkpoint so
     # that a resumed run averages the same steps
@@ -260,7 +261,7 @@ def run(recipe: recipes.Recipe, console=None) -> dict | None:
             began = time.perf_counter()
             x, y = next(stream)
             model.reset_metrics()  # the logs are this step's, not a running mean
-            logs = model.train_on_batch(x.numpy(), y.numpy(), return_dict=True)
+            logs = model.train_on_batch(x, y, return_dict=True)
             interval_time += time.perf_counter() - began
             interval_steps += 1
             for key, value in logs.items():

@@ -23,11 +23,15 @@ class LayoutReport:
         counts: ``counts[domain][class]`` = number of loadable image files.
         missing_domains: expected domains without a folder.
         unexpected_domains: folders that are not expected domains (ignored by the loader).
-        missing_classes: per domain, the classes of the dataset it has no image of.
+        missing_classes: per domain, the classes of the dataset it has no
+            folder of (fine: classes are the union of all domains' folders).
+        empty_folders: class folders that hold no image (refused by the loader).
         expected_num_classes: the registered number of classes (``None``: custom).
-        corrupt: ``(path, reason)`` of the image files that do not decode.
+        corrupt: ``(path, reason)`` of the image files that the pipeline cannot
+            decode (:func:`kdg.data.folder.image_problem`).
         ignored: files that are not images in a loadable format.
-        decoded: whether every image was decoded (otherwise ``corrupt`` is empty).
+        decoded: whether every image was decoded (otherwise only the cheap
+            checks ran: empty, not an image, cut short).
     """
 
     dataset: str
@@ -38,6 +42,7 @@ class LayoutReport:
     missing_domains: tuple[str, ...] = ()
     unexpected_domains: tuple[str, ...] = ()
     missing_classes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    empty_folders: list[str] = field(default_factory=list)
     expected_num_classes: int | None = None
     corrupt: list[tuple[str, str]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
@@ -55,8 +60,9 @@ class LayoutReport:
             problems.append(f"{self.path} does not exist")
         if self.missing_domains:
             problems.append(f"missing domain folder(s): {', '.join(self.missing_domains)}")
-        for domain, classes in self.missing_classes.items():
-            problems.append(f"{domain}: no image for class(es) {', '.join(classes)}")
+        if self.empty_folders:
+            problems.append(f"{len(self.empty_folders)} class folder(s) hold no image "
+                            "(put the class's images in them, or delete them)")
         for domain, per_class in self.counts.items():
             if not sum(per_class.values()):
                 problems.append(f"{domain}: no image at all")
@@ -67,7 +73,8 @@ class LayoutReport:
                 f"{len(self.classes)} classes found, {self.expected_num_classes} expected"
             )
         if self.corrupt:
-            problems.append(f"{len(self.corrupt)} image file(s) do not decode")
+            problems.append(f"{len(self.corrupt)} image file(s) do not decode "
+                            "(delete or replace them)")
         return problems
 
     @property
@@ -89,7 +96,8 @@ def check_layout(name_or_path: str | os.PathLike, root: str | os.PathLike | None
         root: the data root (default ``$KDG_DATA_ROOT``).
         path: the folder of a ``"custom"`` dataset (the one holding the
             domain folders).
-        decode: decode every image to find corrupt files (slower).
+        decode: decode every image to find corrupt files (slower); without
+            it, only the cheap checks of :func:`kdg.data.folder.image_problem`.
         workers: threads used to decode.
     """
     info = None
@@ -137,20 +145,21 @@ def check_layout(name_or_path: str | os.PathLike, root: str | os.PathLike | None
         report.unexpected_domains = tuple(d for d in found if d not in expected)
     report.missing_classes = {
         domain: missing
-        for domain, per_class in report.counts.items()
-        if (missing := tuple(cls for cls, n in per_class.items() if n == 0))
+        for domain, per_class in layout.files.items()
+        if (missing := tuple(cls for cls in layout.classes if cls not in per_class))
     }
+    report.empty_folders = layout.empty
     report.ignored = layout.ignored
-    if decode:
-        paths = [p for per_class in layout.files.values() for files in per_class.values()
-                 for p in files]
-        report.corrupt = find_corrupt_images(paths, workers)
-        report.decoded = True
+    paths = [p for per_class in layout.files.values() for files in per_class.values()
+             for p in files]
+    report.corrupt = find_corrupt_images(paths, workers, decode=decode)
+    report.decoded = decode
     return report
 
 
-def format_report(report: LayoutReport, *, max_listed: int = 10) -> str:
-    """A printable summary: counts per domain and class, then the problems."""
+def format_report(report: LayoutReport, *, max_listed: int | None = 10) -> str:
+    """A printable summary: counts per domain and class, then the problems
+    (``max_listed`` files of each kind; ``None``: all)."""
     lines = [f"{report.dataset}: {report.path}"]
     if report.counts:
         width = max(len(c) for c in report.classes) if report.classes else 5
@@ -163,19 +172,31 @@ def format_report(report: LayoutReport, *, max_listed: int = 10) -> str:
             f"{sum(report.counts[d].values()):>13}" for d in report.domains))
         lines += ["", f"{len(report.domains)} domains, {len(report.classes)} classes, "
                   f"{report.total} images"
-                  + ("" if report.decoded else " (not decoded: corrupt files not looked for)")]
+                  + ("" if report.decoded else
+                     " (not decoded: only empty, non-image and cut-short files looked for)")]
+    for domain, classes in report.missing_classes.items():
+        lines.append(f"note: {domain}: no image for class(es) {', '.join(classes)} (no folder; "
+                     "fine, labels index the classes of all domains)")
     if report.unexpected_domains:
         lines.append(f"note: folders ignored (not domains of {report.dataset}): "
                      + ", ".join(report.unexpected_domains))
     if report.ignored:
         lines.append(f"note: {len(report.ignored)} file(s) ignored, not "
                      f"{' '.join(IMAGE_EXTENSIONS)}:")
-        lines += [f"  {p}" for p in report.ignored[:max_listed]]
+        lines += _listed(report.ignored, max_listed)
     problems = report.problems
     lines.append("OK" if not problems else f"{len(problems)} problem(s):")
-    lines += [f"- {problem}" for problem in problems]
-    if report.corrupt:
-        lines += [f"  {path}: {reason}" for path, reason in report.corrupt[:max_listed]]
-        if len(report.corrupt) > max_listed:
-            lines.append(f"  ... and {len(report.corrupt) - max_listed} more")
+    for problem in problems:
+        lines.append(f"- {problem}")
+        if problem.startswith(f"{len(report.empty_folders)} class folder(s)"):
+            lines += _listed(report.empty_folders, max_listed)
+        elif problem.startswith(f"{len(report.corrupt)} image file(s)"):
+            lines += _listed([f"{path}: {reason}" for path, reason in report.corrupt], max_listed)
     return "\n".join(lines)
+
+
+def _listed(items: list[str], max_listed: int | None) -> list[str]:
+    lines = [f"  {item}" for item in items[:max_listed]]
+    if max_listed is not None and len(items) > max_listed:
+        lines.append(f"  ... and {len(items) - max_listed} more")
+    return lines

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from kdg.data.augment import ImagePolicy
-from kdg.data.errors import DatasetLayoutError, DatasetNotFoundError
+from kdg.data.errors import CorruptImageError, DatasetLayoutError, DatasetNotFoundError
 from kdg.data.pipeline import ArraySource, Batches, EncodedSource, Source
 from kdg.data.pipeline import eval_batches as _eval_batches
 from kdg.data.pipeline import train_batches as _train_batches
@@ -18,6 +18,11 @@ from kdg.data.splits import PARTS, Split, split_indices
 
 ROOT_VARIABLE = "KDG_DATA_ROOT"
 """Environment variable read when no data root is given."""
+
+FULL_DECODE_LIMIT = 20_000
+""":meth:`DGDataset.check_images` decodes every image of up to this many
+(2,000 JPEGs of 64 to 227 pixels: 0.9 to 2.1 s on 2 CPU cores); above, only
+its cheap checks."""
 
 DomainRef = int | str
 
@@ -38,7 +43,11 @@ class DGDataset:
         sources: one :class:`~kdg.data.pipeline.Source` per domain.
         policy: preprocessing of natural images (``None`` for the in-memory
             MNIST/digits arrays, which are only scaled to [0, 1]).
+        check_command: the ``kdg data check`` command of an image folder
+            dataset (``None`` for the others).
     """
+
+    check_command: str | None = None
 
     def __init__(self, name: str, domains: Sequence[str], short_domains: Sequence[str],
                  classes: Sequence[str], input_shape: tuple[int, int, int],
@@ -117,15 +126,37 @@ class DGDataset:
         """
         splits = [d if isinstance(d, Split) else self.split(d, "in") for d in domains]
         streams = [(self.sources[s.domain_index], s) for s in splits]
-        return _train_batches(streams, batch_size, policy=self.policy, seed=seed)
+        batches = _train_batches(streams, batch_size, policy=self.policy, seed=seed)
+        batches.check = self.check_command
+        return batches
 
     def eval_batches(self, split: Split | DomainRef, batch_size: int = 64) -> Batches:
         """Finite, never augmented ``(B, *input_shape)`` batches of a split
         (a domain given instead of a split means the whole domain)."""
         if not isinstance(split, Split):
             split = self.split(split, "all")
-        return _eval_batches(self.sources[split.domain_index], split, batch_size,
-                             policy=self.policy)
+        batches = _eval_batches(self.sources[split.domain_index], split, batch_size,
+                                policy=self.policy)
+        batches.check = self.check_command
+        return batches
+
+    def check_images(self, domains: Sequence[DomainRef] | None = None) -> None:
+        """Raise :class:`~kdg.data.CorruptImageError` naming every image file
+        of ``domains`` (default: all) that the pipeline cannot decode.
+
+        Every file gets the cheap checks of :func:`kdg.data.folder.image_problem`
+        (empty, not an image, cut short); up to :data:`FULL_DECODE_LIMIT`
+        images are also decoded in full. A bad file that only a full decode
+        finds in a larger dataset stops training or evaluation when it is met,
+        with the same message. Datasets held in memory have nothing to check.
+        """
+        chosen = range(len(self.domains)) if domains is None else map(self.domain_index, domains)
+        chosen = sorted(set(chosen))
+        decode = sum(self.sources[i].size for i in chosen) <= FULL_DECODE_LIMIT
+        bad = [item for i in chosen
+               for item in self.sources[i].find_corrupt(np.arange(self.sources[i].size), decode)]
+        if bad:
+            raise CorruptImageError(bad, check=self.check_command)
 
     def __repr__(self) -> str:
         domains = ", ".join(f"{d}={n}" for d, n in zip(self.short_domains, self.sizes))
@@ -276,10 +307,22 @@ def _load_folder(info: DatasetInfo, root: str | os.PathLike | None,
             )
         layout = scan_layout(folder, info.domains)
         domains, short = info.domains, info.short_domains
+    check = (f"kdg data check {folder.absolute()}" if info.kind == "custom"
+             else f"kdg data check {info.name} --root {folder.parent.absolute()}")
+    if layout.empty:
+        shown = "\n".join(f"  {os.path.abspath(path)}" for path in layout.empty[:20])
+        more = f"\n  ... and {len(layout.empty) - 20} more" if len(layout.empty) > 20 else ""
+        raise DatasetLayoutError(
+            f"{len(layout.empty)} class folder(s) hold no image (.jpg .jpeg .png .bmp .gif "
+            f".webp):\n{shown}{more}\nPut the class's images in it, or delete the folder "
+            f"(a class folder absent from a domain is fine; an empty one is not). "
+            f"{check} lists every problem."
+        )
+    if info.kind != "custom":
         if len(layout.classes) != info.num_classes:
             raise DatasetLayoutError(
                 f"{info.name} in {folder} has {len(layout.classes)} class folders, expected "
-                f"{info.num_classes}. Run: kdg data check {info.name} --root {folder.parent}"
+                f"{info.num_classes}. Run: {check}"
             )
     empty = [d for d in domains if not any(layout.files[d].values())]
     if empty:
@@ -289,5 +332,7 @@ def _load_folder(info: DatasetInfo, root: str | os.PathLike | None,
         )
     sources: list[EncodedSource] = [FileSource.from_layout(layout, d) for d in domains]
     name = info.name if info.kind != "custom" else folder.name
-    return DGDataset(name, domains, short, layout.classes,
-                     (policy.image_size,) * 2 + (3,), sources, policy=policy, **common)
+    dataset = DGDataset(name, domains, short, layout.classes,
+                        (policy.image_size,) * 2 + (3,), sources, policy=policy, **common)
+    dataset.check_command = check
+    return dataset

@@ -5,6 +5,7 @@ Every message says what is wrong, where, and what to do about it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 LAYOUT = "ROOT/<Folder>/<domain>/<class>/<image>"
@@ -45,16 +46,25 @@ class DatasetLayoutError(DataError):
 
 
 class CorruptImageError(DataError):
-    """One or more image files cannot be decoded."""
+    """One or more image files cannot be decoded.
 
-    def __init__(self, files: Sequence[tuple[str, str]], *, hint: str = ""):
+    Args:
+        files: ``(path, reason)`` of each bad file.
+        check: the ``kdg data check`` command that lists every problem of
+            the dataset folder (a generic one when not given).
+        hint: a last line to add.
+    """
+
+    def __init__(self, files: Sequence[tuple[str, str]], *, check: str | None = None,
+                 hint: str = ""):
         self.files = list(files)
-        shown = "\n".join(f"  {path}: {reason}" for path, reason in self.files[:20])
+        shown = "\n".join(f"  {os.path.abspath(path)}: {reason}"
+                          for path, reason in self.files[:20])
         more = f"\n  ... and {len(self.files) - 20} more" if len(self.files) > 20 else ""
+        check = check or "kdg data check NAME --root DIR"
         message = (
             f"{len(self.files)} image file(s) cannot be decoded:\n{shown}{more}\n"
-            "Delete or replace them (kdg data check NAME --root DIR lists every "
-            "problem of a dataset folder)."
+            f"Delete or replace them ({check} lists every problem of the dataset folder)."
         )
         super().__init__(message + (f"\n{hint}" if hint else ""))
 

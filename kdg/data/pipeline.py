@@ -10,12 +10,14 @@
 Both return :class:`Batches`, an iterable of NumPy ``(x, y)`` pairs (usable
 on every Keras backend) that keeps the ``tf.data.Dataset`` as ``.dataset``.
 Image decoding errors are turned into :class:`~kdg.data.errors.CorruptImageError`
-naming the files: the loader raises, it never skips silently.
+naming the files: the loader raises, it never skips silently. Code that
+hands ``.dataset`` to Keras runs it inside :meth:`Batches.naming_bad_images`.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 
@@ -55,8 +57,9 @@ class Source(abc.ABC):
         """Shuffle buffer for a split of ``n`` examples (a full shuffle by default)."""
         return max(n, 1)
 
-    def find_corrupt(self, indices: np.ndarray) -> list[tuple[str, str]]:
-        """``(name, reason)`` of the examples that cannot be decoded (none by default)."""
+    def find_corrupt(self, indices: np.ndarray, decode: bool = True) -> list[tuple[str, str]]:
+        """``(name, reason)`` of the examples that cannot be decoded (none by
+        default); ``decode=False``: only what cheap checks find."""
         return []
 
 
@@ -97,7 +100,10 @@ class Batches:
     Attributes:
         dataset: the underlying ``tf.data.Dataset`` of ``(x, y)`` tensors.
         num_batches: number of batches, or ``None`` for an infinite stream.
+        check: the ``kdg data check`` command a bad-image message suggests.
     """
+
+    check: str | None = None
 
     def __init__(self, dataset: tf.data.Dataset, num_batches: int | None,
                  find_corrupt: Callable[[], list[tuple[str, str]]]):
@@ -111,18 +117,31 @@ class Batches:
         return self.num_batches
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        iterator = iter(self.dataset)
+        return self.iterate()
+
+    def iterate(self, skip: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The NumPy batches from batch number ``skip`` on."""
+        iterator = iter(self.dataset.skip(skip) if skip else self.dataset)
         while True:
-            try:
-                x, y = next(iterator)
-            except StopIteration:
-                return
-            except tf.errors.OpError as error:
-                corrupt = self._find_corrupt()
-                if corrupt:
-                    raise CorruptImageError(corrupt) from error
-                raise
+            with self.naming_bad_images():
+                try:
+                    x, y = next(iterator)
+                except StopIteration:
+                    return
             yield x.numpy(), y.numpy()
+
+    @contextlib.contextmanager
+    def naming_bad_images(self):
+        """Turn a TensorFlow error raised inside the block (e.g. by
+        ``model.evaluate(batches.dataset)``) into :class:`CorruptImageError`
+        naming the files behind it, when a file is to blame."""
+        try:
+            yield
+        except tf.errors.OpError as error:
+            corrupt = self._find_corrupt()
+            if corrupt:
+                raise CorruptImageError(corrupt, check=self.check) from error
+            raise
 
 
 def _finish_array_batch(images: tf.Tensor, labels: tf.Tensor):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,8 @@ KNOWN_DOMAIN_NAMES: dict[str, tuple[str, ...]] = {
     "TerraIncognita": ("L100", "L38", "L43", "L46"),
     "DomainNet": ("clip", "info", "paint", "quick", "real", "sketch"),
 }
+
+_ENV_ACC = re.compile(r"env(\d+)_(?:in|out)_acc")
 
 # Keys under which a record (top level or ``args``) may name its domains.
 _DOMAIN_NAME_KEYS = ("domain_names", "env_names", "domains", "environments")
@@ -98,8 +101,7 @@ class Run:
 
     @property
     def n_envs(self) -> int:
-        """Number of domains of the dataset, counted as DomainBed does: the
-        ``env{i}_out_acc`` keys present for i = 0, 1, 2, ... until one is missing."""
+        """Number of domains of the dataset (:func:`count_envs`)."""
         return count_envs(self.records[0])
 
     @property
@@ -118,11 +120,24 @@ class Run:
 
 
 def count_envs(record: Mapping[str, Any]) -> int:
-    """Number of consecutive ``env{i}_out_acc`` keys, from i = 0 (DomainBed's count)."""
-    n = 0
-    while f"env{n}_out_acc" in record:
-        n += 1
-    return n
+    """Number of domains of a record's run: the length of ``args["domains"]``
+    (kdg's records carry it), else one more than the largest ``i`` of an
+    ``env{i}_in_acc`` or ``env{i}_out_acc`` key. A domain whose accuracy is
+    missing (an empty split) is still counted; DomainBed stops at the first
+    missing ``env{i}_out_acc``, which would drop the domains after it."""
+    domains = (record.get("args") or {}).get("domains")
+    if isinstance(domains, (list, tuple)) and domains:
+        return len(domains)
+    found = [int(match.group(1)) for key in record
+             if (match := _ENV_ACC.fullmatch(str(key)))]
+    return max(found) + 1 if found else 0
+
+
+def missing_accs(record: Mapping[str, Any]) -> list[str]:
+    """The ``env{i}_in_acc`` / ``env{i}_out_acc`` keys a record lacks, for
+    each of its :func:`count_envs` domains (an empty split leaves them out)."""
+    return [key for i in range(count_envs(record)) for key in (f"env{i}_in_acc", f"env{i}_out_acc")
+            if key not in record]
 
 
 def as_float(value: Any) -> float:

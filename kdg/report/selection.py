@@ -41,7 +41,12 @@ Where kdg differs from DomainBed:
   ``include_unfinished=True`` (DomainBed reads every record it finds); either
   way the groups they touch are marked;
 * leave-one-domain-out without any two-test-domain run raises
-  :class:`MissingRunsError` instead of returning an empty table.
+  :class:`MissingRunsError` instead of returning an empty table;
+* domains are counted from the run's ``args["domains"]``
+  (:func:`~kdg.report.loading.count_envs`), and a record that lacks an
+  accuracy a method needs (an empty split, e.g. ``holdout_fraction: 0``) is
+  not a checkpoint of that method: its cell has no result and a note says
+  which accuracies are missing.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ from typing import ClassVar, Iterable, Sequence
 
 import numpy as np
 
-from .loading import Run, as_float, count_envs
+from .loading import Run, as_float, count_envs, missing_accs
 
 __all__ = [
     "Checkpoint", "TrialChoice", "GroupResult", "Selection", "SelectionMethod",
@@ -216,18 +221,23 @@ class TrainingDomainValidation(SelectionMethod):
     name = "training-domain validation set"
 
     @staticmethod
-    def step_acc(record: dict, test_env: int) -> tuple[float, float]:
+    def step_acc(record: dict, test_env: int) -> tuple[float, float] | None:
+        """(val_acc, test_acc) of a record; None when it lacks one of them."""
         n_envs = count_envs(record)
-        val = [as_float(record.get(f"env{j}_out_acc")) for j in range(n_envs) if j != test_env]
-        return float(np.mean(val)), as_float(record.get(f"env{test_env}_in_acc"))
+        keys = [f"env{j}_out_acc" for j in range(n_envs) if j != test_env]
+        if any(key not in record for key in keys + [f"env{test_env}_in_acc"]):
+            return None
+        val = [as_float(record[key]) for key in keys]
+        return float(np.mean(val)), as_float(record[f"env{test_env}_in_acc"])
 
     @classmethod
     def run_acc(cls, runs, test_env):
         checkpoints = []
         for run in _single_test_env_runs(runs):
             for record in run.records:
-                val, test = cls.step_acc(record, test_env)
-                checkpoints.append(Checkpoint(val, test, int(record["step"]), run))
+                accs = cls.step_acc(record, test_env)
+                if accs is not None:
+                    checkpoints.append(Checkpoint(*accs, int(record["step"]), run))
         return _first_max(checkpoints)
 
 
@@ -251,6 +261,8 @@ class OracleSelection(SelectionMethod):
             return None
         # Largest step; among equal steps the last record (a stable sort's [-1]).
         step, _, record, run = max(candidates, key=lambda c: (c[0], c[1]))
+        if f"env{test_env}_out_acc" not in record or f"env{test_env}_in_acc" not in record:
+            return None
         return Checkpoint(as_float(record.get(f"env{test_env}_out_acc")),
                           as_float(record.get(f"env{test_env}_in_acc")), step, run)
 
@@ -443,8 +455,22 @@ def select(runs: Sequence[Run], method: str | type[SelectionMethod] = "training_
         datasets=ordered_datasets(n_envs),
         algorithms=ordered_algorithms({r.algorithm for r in runs}),
         runs=list(runs), include_unfinished=include_unfinished)
-    selection.notes = sorted(notes) + _hparams_notes(selection) + _duplicate_notes(used)
+    selection.notes = (sorted(notes) + _hparams_notes(selection) + _duplicate_notes(used)
+                       + _missing_notes(used))
     return selection
+
+
+def _missing_notes(runs: Sequence[Run]) -> list[tuple[str, str]]:
+    """Accuracies absent from the runs' records (empty splits), per dataset."""
+    lacking: dict[tuple[str, tuple[str, ...]], list[Run]] = defaultdict(list)
+    for run in runs:
+        keys = tuple(dict.fromkeys(k for r in run.records for k in missing_accs(r)))
+        if keys:
+            lacking[(run.dataset, keys)].append(run)
+    return [(dataset, f"{dataset}: {len(group)} run(s) have no {', '.join(keys)} in their "
+                      "results (an empty split: holdout_fraction 0, or a domain with too few "
+                      "examples); a selection that needs them has no result there")
+            for (dataset, keys), group in sorted(lacking.items())]
 
 
 def _duplicate_notes(runs: Sequence[Run]) -> list[tuple[str, str]]:
