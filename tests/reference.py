@@ -89,7 +89,7 @@ def fish_step(params, x, y, inner_step, meta_lr):
 
 
 def corgrad_update(per_domain, n_parts=10, alpha=0.6, smoothing=True,
-                   granularity="layer", tie=1e-5, projection="sequential"):
+                   granularity="layer", tie=1e-5, projection="sequential", orders=None):
     """The summed CorGrad update from per-domain gradients [[dW, db] per d].
 
     Written as the reference code loops: per layer, per chunk of the output
@@ -100,6 +100,8 @@ def corgrad_update(per_domain, n_parts=10, alpha=0.6, smoothing=True,
     than sigma (1 + tie) from the mean: after a projection a.b is exactly 0,
     and with two domains |n_i - mu| is exactly sigma, so that the literal
     comparisons would be decided by rounding.
+    `orders[i]`, when given, is the order in which domain i meets the others
+    (pcgrad's random order; entries equal to i are skipped).
     Returns (update, projections made, projections considered, ratio).
     """
     num = len(per_domain)
@@ -120,11 +122,11 @@ def corgrad_update(per_domain, n_parts=10, alpha=0.6, smoothing=True,
             chunks = [(Ellipsis, slice(s, s + size)) for s in range(0, rows, size)]
         for ch in chunks:
             for i in range(num):
-                for p in range(num):
+                for p in (range(num) if orders is None else orders[i]):
                     if p == i:
                         continue
                     a = h[i][v][ch]
-                    # pcgrad (D = 2 here): against the other's original gradient
+                    # pcgrad: against the other's original gradient
                     source = per_domain if projection == "pcgrad" else h
                     b = np.asarray(source[p][v], np.float64)[ch]
                     dot = np.sum(a * b)
