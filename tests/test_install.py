@@ -154,8 +154,8 @@ TEXT = {".py", ".md", ".yaml", ".yml", ".toml", ".txt", ".cfg", ""}
 def repository_files():
     for path in REPO.rglob("*"):
         parts = path.relative_to(REPO).parts
-        if path.is_file() and not SKIP & set(parts) and not parts[-1].endswith(".egg-info") \
-                and path.suffix in TEXT:
+        if path.is_file() and not SKIP & set(parts) \
+                and not any(part.endswith(".egg-info") for part in parts) and path.suffix in TEXT:
             yield path
 
 
