@@ -149,6 +149,8 @@ class DGModel(backend.TrainStep, keras.Model):
     def save_own_variables(self, store):
         super().save_own_variables(store)
         store["dg_step"] = keras.ops.convert_to_numpy(self.dg_step)
+        # Keras saves no SeedGenerator; the algorithms' draws continue from it
+        store["dg_seed"] = keras.ops.convert_to_numpy(self.dg_seed_generator.state)
         if self._dg_algorithm_built:
             for i, v in enumerate(self.algorithm.variables):
                 store[f"algorithm_{i}"] = keras.ops.convert_to_numpy(v)
@@ -159,6 +161,8 @@ class DGModel(backend.TrainStep, keras.Model):
         own = [store[k] for k in sorted(
             (k for k in store.keys() if k.isdigit()), key=int)]
         step = store["dg_step"] if "dg_step" in store.keys() else None
+        if "dg_seed" in store.keys():
+            self.dg_seed_generator.state.assign(store["dg_seed"])
         expected = len(self._trainable_variables + self._non_trainable_variables)
         if step is None and len(own) == expected + 1:
             step, own = own[0], own[1:]  # saved by kdg 0.1.0: the counter first
