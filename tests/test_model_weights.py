@@ -7,6 +7,7 @@ import zipfile
 import h5py
 import keras
 import numpy as np
+import pytest
 from conftest import make_data
 
 import kdg
@@ -130,3 +131,47 @@ def test_a_model_saved_with_the_counter_among_its_variables_loads(tmp_path):
             z.write(tmp_path / "unzipped" / name, name)
     loaded = keras.models.load_model(tmp_path / "old.keras")
     assert int(keras.ops.convert_to_numpy(loaded.dg_step)) == 2
+
+
+# -- GGA on a model without features -------------------------------------------
+
+
+def head_only(algorithm):
+    inputs = keras.Input((5,))
+    model = kdg.DGModel(inputs, keras.layers.Dense(4, name="head")(inputs),
+                        algorithm=algorithm)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
+    return model
+
+
+def test_gga_refuses_a_model_without_features_before_any_step():
+    """perturb='features' (the default) leaves out the classifier head; a
+    model that is only a head has nothing to perturb: say so, do not train."""
+    model = head_only(GGA(start_step=0, end_step=5, trials=3))
+    before = model.get_weights()
+    x, y = make_data()
+    with pytest.raises(ValueError) as error:
+        model.fit(((x, y) for _ in range(2)), steps_per_epoch=2, epochs=1, verbose=0)
+    message = str(error.value)
+    assert "perturb='features'" in message and "perturb='all'" in message
+    assert "'head'" in message
+    assert int(keras.ops.convert_to_numpy(model.dg_step)) == 0
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_gga_check_model_names_the_variables():
+    model = network(kdg.DGModel)
+    GGA().check_model(model)  # features/*, norm/gamma, norm/beta
+    GGA(perturb="all").check_model(head_only("erm"))
+    with pytest.raises(ValueError, match=r"perturb='conv' matches none .*features/kernel"):
+        GGA(perturb="conv").check_model(model)
+    with pytest.raises(ValueError, match="perturb='features'"):
+        GGA().check_model(head_only("erm"))
+
+
+def test_gga_on_a_head_only_model_trains_with_perturb_all():
+    model = head_only(GGA(start_step=0, end_step=1, trials=2, rho=0.1, perturb="all"))
+    x, y = make_data()
+    history = model.fit(((x, y) for _ in range(2)), steps_per_epoch=2, epochs=1, verbose=0)
+    assert not np.isnan(history.history["gga_cos_after"][0])
