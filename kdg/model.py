@@ -19,6 +19,7 @@ from keras.src.models.functional import Functional, functional_from_config
 
 from kdg import algorithms as algorithms_lib
 from kdg import backend
+from kdg import optimizers  # noqa: F401 (registered, for load_model of a model using them)
 from kdg import random as kdg_random
 from kdg.algorithms.base import StepContext, flatten_domains
 
