@@ -168,6 +168,8 @@ def test_gga_check_model_names_the_variables():
         GGA(perturb="conv").check_model(model)
     with pytest.raises(ValueError, match="perturb='features'"):
         GGA().check_model(head_only("erm"))
+    with pytest.raises(ValueError, match="perturb='features'"):  # when the model is built
+        GGA().build(head_only("erm"))
 
 
 def test_gga_on_a_head_only_model_trains_with_perturb_all():
