@@ -18,7 +18,8 @@ import sys
 __version__ = "0.1.0"
 
 _MODEL = ("DGModel", "FunctionalDGModel", "WrappedDGModel", "wrap")
-_SUBMODULES = ("algorithms", "data", "models", "recipes", "report", "training", "sweep", "bench")
+_SUBMODULES = ("algorithms", "data", "models", "optimizers", "recipes", "report", "training",
+               "sweep", "bench")
 
 __all__ = list(_MODEL) + ["algorithms"]
 

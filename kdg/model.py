@@ -19,6 +19,7 @@ from keras.src.models.functional import Functional, functional_from_config
 
 from kdg import algorithms as algorithms_lib
 from kdg import backend
+from kdg import optimizers  # noqa: F401 (registered, for load_model of a model using them)
 from kdg import random as kdg_random
 from kdg.algorithms.base import StepContext, flatten_domains
 
@@ -82,12 +83,18 @@ class DGModel(backend.TrainStep, keras.Model):
                 "inputs and outputs. To build a functional model in a "
                 "subclass, inherit from kdg.FunctionalDGModel instead."
             )
+        # kdg's step counter (GGA's window, Fish's warm-up) is set past
+        # Keras' attribute tracking (and torch.nn.Module's), so that `weights`
+        # is the network's own list: `set_weights` and the weight files of a
+        # plain `keras.Model` fit. `variables` adds it back (training,
+        # checkpoints, JAX's stateless state) and `save_own_variables` saves
+        # it. Set before Keras' __init__, which builds a functional model.
+        object.__setattr__(self, "_dg_step", keras.Variable(
+            0, dtype="int32", trainable=False, name="dg_step"
+        ))
         super().__init__(*args, **kwargs)
         self.dg_seed_generator = keras.random.SeedGenerator(
             seed, name="dg_seed_generator"
-        )
-        self.dg_step = keras.Variable(
-            0, dtype="int32", trainable=False, name="dg_step"
         )
         self._dg_algorithm_built = False
         self._dg_pending_algorithm_values = None
@@ -106,6 +113,16 @@ class DGModel(backend.TrainStep, keras.Model):
             )
 
     # -- state -------------------------------------------------------------
+    @property
+    def dg_step(self):
+        """The number of training steps taken (an int32 variable): in
+        `variables` and saved with the model, not in `weights`."""
+        return self._dg_step
+
+    @property
+    def variables(self):
+        return [self.dg_step] + super().variables
+
     def _dg_model_state_variables(self):
         return super().non_trainable_variables
 
@@ -132,6 +149,9 @@ class DGModel(backend.TrainStep, keras.Model):
 
     def save_own_variables(self, store):
         super().save_own_variables(store)
+        store["dg_step"] = keras.ops.convert_to_numpy(self.dg_step)
+        # Keras saves no SeedGenerator; the algorithms' draws continue from it
+        store["dg_seed"] = keras.ops.convert_to_numpy(self.dg_seed_generator.state)
         if self._dg_algorithm_built:
             for i, v in enumerate(self.algorithm.variables):
                 store[f"algorithm_{i}"] = keras.ops.convert_to_numpy(v)
@@ -139,8 +159,17 @@ class DGModel(backend.TrainStep, keras.Model):
     def load_own_variables(self, store):
         keys = [k for k in store.keys() if k.startswith("algorithm_")]
         values = [store[f"algorithm_{i}"] for i in range(len(keys))]
-        own = {k: store[k] for k in store.keys() if not k.startswith("algorithm_")}
-        super().load_own_variables(own)
+        own = [store[k] for k in sorted(
+            (k for k in store.keys() if k.isdigit()), key=int)]
+        step = store["dg_step"] if "dg_step" in store.keys() else None
+        if "dg_seed" in store.keys():
+            self.dg_seed_generator.state.assign(store["dg_seed"])
+        expected = len(self._trainable_variables + self._non_trainable_variables)
+        if step is None and len(own) == expected + 1:
+            step, own = own[0], own[1:]  # saved by kdg 0.1.0: the counter first
+        super().load_own_variables({str(i): v for i, v in enumerate(own)})
+        if step is not None:  # a plain keras.Model's weights file has none
+            self.dg_step.assign(step)
         values = [keras.ops.convert_to_numpy(v) for v in values]
         if values and self._dg_algorithm_built:
             for v, value in zip(self.algorithm.variables, values):

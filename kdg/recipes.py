@@ -69,6 +69,11 @@ class TrainingConfig(_Section):
     steps: int = Field(5000, gt=0)
     batch_size: int = Field(32, gt=0, description="examples per domain and step")
     optimizer: Literal["adam", "sgd", "adamw"] = "adam"
+    adam_convention: Literal["keras", "torch"] = Field(
+        "keras",
+        description="Adam/AdamW's epsilon: torch = PyTorch's (1e-8, after the bias "
+        "correction; the papers' numbers), keras = Keras' (1e-7, on the raw second moment)",
+    )
     lr: float = Field(5e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     weight_decay_mode: Literal["l2", "decoupled"] = Field(

@@ -106,7 +106,7 @@ def _peak_memory_gb() -> float:
 def build_model(recipe: recipes.Recipe, dataset):
     import keras
 
-    from kdg import models
+    from kdg import models, optimizers
 
     training = recipe.training
     decoupled = training.weight_decay_mode == "decoupled"
@@ -126,16 +126,13 @@ def build_model(recipe: recipes.Recipe, dataset):
         l2_weight_decay=0.0 if decoupled else training.weight_decay,
         seed=training.seed,
     )
-    optimizer_cls = {
-        "adam": keras.optimizers.Adam,
-        "adamw": keras.optimizers.AdamW,
-        "sgd": keras.optimizers.SGD,
-    }[training.optimizer]
     kwargs = {"learning_rate": training.lr}
     if decoupled and training.weight_decay:
         kwargs["weight_decay"] = training.weight_decay
+    elif training.optimizer == "adamw":  # not AdamW's own default (0.004) besides
+        kwargs["weight_decay"] = 0.0
     model.compile(
-        optimizer=optimizer_cls(**kwargs),
+        optimizer=optimizers.get(training.optimizer, training.adam_convention, **kwargs),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )

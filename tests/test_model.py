@@ -127,7 +127,8 @@ def test_metrics_and_evaluate_predict_take_ordinary_batches(data, params):
 @pytest.mark.parametrize(
     "algorithm",
     [Fish(meta_lr=0.3, inner_optimizer=keras.optimizers.Adam(0.01)),
-     GGA(base=CorGrad(n_parts=3, alpha=0.4), start_step=1, end_step=3, rho=1e-4, trials=2)],
+     GGA(base=CorGrad(n_parts=3, alpha=0.4), start_step=1, end_step=3, rho=1e-4, trials=2,
+         perturb="all")],  # softmax regression is only a head
 )
 def test_save_and_load_round_trip(tmp_path, data, params, algorithm):
     x, y = data

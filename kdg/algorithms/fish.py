@@ -14,8 +14,18 @@ compiled one unless `inner_optimizer` is given; the compiled optimizer is
 then unused, as in DomainBed.
 
 The authors' WILDS variant is available by option: `meta_lr_per_domain=True`
-(meta_lr / D), `shuffle_domains=True` (random domain order each step) and
-`warmup_steps` (plain ERM steps before Fish starts).
+(meta_lr / D), `shuffle_domains=True` (random domain order each step),
+`warmup_steps` (plain ERM steps before Fish starts) and
+`reset_inner_optimizer=True` (a fresh inner optimizer every step).
+
+The inner optimizer's state (moments, iteration count): DomainBed's code
+carries it from step to step for the whole run (its `optimizer_inner_state`),
+as the default does. The WILDS code makes a new inner optimizer every step and
+reloads the previous one's state if `reload_inner_optim` is true (every WILDS
+dataset; the state is dropped at the start of each epoch), not if it is false
+(CdSprites): that is `reset_inner_optimizer=True`, which sets the state to a
+fresh optimizer's (zero moments, iteration 0) at the start of every step; the
+learning rate is kept.
 """
 
 import keras
@@ -56,6 +66,7 @@ class Fish(Algorithm):
         meta_lr_per_domain=False,
         shuffle_domains=False,
         warmup_steps=0,
+        reset_inner_optimizer=False,
     ):
         self.check_hparams(locals())
         self.meta_lr = float(meta_lr)
@@ -63,6 +74,7 @@ class Fish(Algorithm):
         self.meta_lr_per_domain = bool(meta_lr_per_domain)
         self.shuffle_domains = bool(shuffle_domains)
         self.warmup_steps = int(warmup_steps)
+        self.reset_inner_optimizer = bool(reset_inner_optimizer)
 
     def build(self, model):
         if self.inner_optimizer is not None and not self.inner_optimizer.built:
@@ -72,8 +84,17 @@ class Fish(Algorithm):
     def variables(self):
         return list(self.inner_optimizer.variables) if self.inner_optimizer else []
 
+    def _reset(self, optimizer):
+        """A fresh optimizer's state: every variable zero (iteration count,
+        moments) but the learning rate, which Keras names 'learning_rate'."""
+        for v in optimizer.variables:
+            if v.name != "learning_rate":
+                v.assign(ops.zeros(v.shape, v.dtype))
+
     def _fish_step(self, ctx, x, y):
         num = y.shape[0]
+        if self.reset_inner_optimizer:
+            self._reset(self.inner_optimizer or ctx.optimizer)
         if self.shuffle_domains:
             order = ops.argsort(kdg_random.uniform((num,), ctx.key))
             x = ops.take(x, order, axis=0)
@@ -116,6 +137,7 @@ class Fish(Algorithm):
             "meta_lr_per_domain": self.meta_lr_per_domain,
             "shuffle_domains": self.shuffle_domains,
             "warmup_steps": self.warmup_steps,
+            "reset_inner_optimizer": self.reset_inner_optimizer,
         }
 
     @classmethod

@@ -108,21 +108,49 @@ class GGA(Algorithm):
         self.concat_loss = concat_loss
 
     def build(self, model):
+        self.check_model(model)
         self.base.build(model)
+
+    def check_model(self, model):
+        """Raise a ValueError naming `perturb` if the search would have no
+        variable of `model` to perturb (a model that is only a classifier head
+        has no features). Called when the model is built, before any step."""
+        if self.end_step >= 0:
+            self.perturbed(model.trainable_variables)
 
     @property
     def variables(self):
         return self.base.variables
 
     def perturbed(self, variables):
-        """Indices of the variables the search perturbs."""
+        """Indices of the variables the search perturbs; a ValueError naming
+        `perturb` if there are none."""
+        paths = [v.path for v in variables]
         if self.perturb == "all":
-            return list(range(len(variables)))
+            index = list(range(len(paths)))
+        elif self.perturb == "features":
+            head = paths[-1].rsplit("/", 1)[0] + "/" if paths else ""
+            index = [i for i, p in enumerate(paths) if not p.startswith(head)]
+        else:
+            pattern = re.compile(self.perturb)
+            index = [i for i, p in enumerate(paths) if pattern.search(p)]
+        if index:
+            return index
+        if not paths:
+            raise ValueError("GGA: the model has no trainable variables to perturb.")
         if self.perturb == "features":
-            head = variables[-1].path.rsplit("/", 1)[0] + "/"
-            return [i for i, v in enumerate(variables) if not v.path.startswith(head)]
-        pattern = re.compile(self.perturb)
-        return [i for i, v in enumerate(variables) if pattern.search(v.path)]
+            raise ValueError(
+                f"GGA perturb='features' (the default) leaves nothing to perturb: "
+                f"the features are every trainable variable but the classifier "
+                f"head's (layer '{head[:-1]}', which owns the last one), and this "
+                f"model has no other. Set perturb='all' to perturb the head too, "
+                f"or a regular expression matching some of: {', '.join(paths)}."
+            )
+        raise ValueError(
+            f"GGA perturb={self.perturb!r} matches none of the model's trainable "
+            f"variables: {', '.join(paths)}. Set a regular expression that "
+            f"matches some of them, or perturb='all'."
+        )
 
     # -- the search ------------------------------------------------------------
     def _search(self, ctx, x, y, index):
@@ -173,12 +201,12 @@ class GGA(Algorithm):
         return list(best), s0, s_best, accepted
 
     def step(self, ctx, x, y):
-        index = self.perturbed(ctx.variables)
         nan = ops.convert_to_tensor(math.nan, "float32")
         zero = ops.zeros((), "float32")
-        if self.end_step < 0 or not index:
+        if self.end_step < 0:
             before, after, accepted = nan, nan, zero
         else:
+            index = self.perturbed(ctx.variables)
             subset = [ctx.variables[i].value for i in index]
             in_window = ops.logical_and(
                 ctx.step >= self.start_step, ctx.step <= self.end_step
