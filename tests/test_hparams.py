@@ -39,6 +39,7 @@ REFUSED = [
     ({"name": "fish", "inner_optimizer": 5}, "inner_optimizer", r"an optimizer's name like 'sgd'", False),
     ({"name": "fish", "meta_lr_per_domain": 1}, "meta_lr_per_domain", "true or false", True),
     ({"name": "fish", "shuffle_domains": "sometimes"}, "shuffle_domains", "true or false", True),
+    ({"name": "fish", "reset_inner_optimizer": "yes"}, "reset_inner_optimizer", "true or false", True),
     ({"name": "fish", "warmup_steps": -1}, "warmup_steps", "an integer >= 0", False),
     ({"name": "fish", "warmup_steps": 2.5}, "warmup_steps", "an integer >= 0", True),
     ({"name": "corgrad", "n_parts": 0}, "n_parts", "an integer >= 1", False),

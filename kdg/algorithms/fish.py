@@ -57,6 +57,7 @@ class Fish(Algorithm):
         "meta_lr_per_domain": flag(),
         "shuffle_domains": flag(),
         "warmup_steps": integer(0),
+        "reset_inner_optimizer": flag(),
     }
 
     def __init__(
