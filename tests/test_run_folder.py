@@ -30,16 +30,22 @@ def env():
     return dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3")
 
 
+LIMITED = """
+import resource, runpy, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+limit = int(sys.argv.pop(1))
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+runpy.run_module("kdg.cli", run_name="__main__")
+"""
+
+
 def kdg(*args, limit=None):
     """`kdg ...`; `limit`: the largest file (bytes) the process may write
     (RLIMIT_FSIZE, SIGXFSZ ignored: a write past it fails with EFBIG, as on a full disk)."""
-    def preexec():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return subprocess.run([sys.executable, "-m", "kdg.cli", *map(str, args)], env=env(),
-                          text=True, capture_output=True, timeout=600,
-                          preexec_fn=preexec if limit else None)
+    start = [sys.executable, "-m", "kdg.cli"] if limit is None else [
+        sys.executable, "-c", LIMITED, str(limit)]
+    return subprocess.run([*start, *map(str, args)], env=env(), text=True,
+                          capture_output=True, timeout=600)
 
 
 class Result:
