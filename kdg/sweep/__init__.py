@@ -94,11 +94,12 @@ def run_sweep(sweep: Sweep | str | os.PathLike, launcher: str = "local", jobs: i
               only: Iterable[str] = (), backend: str | None = None,
               ray_address: str | None = None, env: Mapping[str, str] | None = None,
               echo: Callable[[str], None] | None = print,
-              poll_s: float = 1.0) -> SweepResult:
+              wait: bool = True, poll_s: float = 1.0) -> SweepResult:
     """Run every selected job that is not done: finished jobs are skipped,
     stopped and failed ones resume (through `kdg train`'s resume), jobs that
-    another live process runs are left alone, and waited for at the end, so
-    that two sweeps sharing the jobs both end with every job's outcome.
+    another live process runs are left alone, and (with `wait`) waited for
+    at the end, so that two sweeps sharing the jobs both end with every
+    job's outcome.
     Jobs that cannot run (`jobs.check_jobs`) stop the sweep before any
     starts (SweepError).
 
@@ -148,7 +149,8 @@ def run_sweep(sweep: Sweep | str | os.PathLike, launcher: str = "local", jobs: i
         result.busy += result.count("busy")
         busy = {o["directory"] for o in result.outcomes if o["state"] == "busy"}
         elsewhere += [job for job in todo if str(job.directory) in busy]
-    _wait_elsewhere(result, elsewhere, echo, poll_s)
+    if wait:
+        _wait_elsewhere(result, elsewhere, echo, poll_s)
     return result
 
 
