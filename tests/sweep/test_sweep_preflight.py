@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 from .helpers import env, run_sweep_cli, sweep_command, write_sweep
 
@@ -51,16 +52,20 @@ def test_devices_on_a_backend_without_distribution_is_found_by_dry_run(tmp_path)
 
 def test_two_sweeps_sharing_the_jobs_both_exit_0(tmp_path):
     path = write_sweep(tmp_path, n_hparams=1, n_trials=2, test_domains=[0])
-    first, second = (subprocess.Popen(sweep_command(path), env=env(), text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                     for _ in range(2))
+    start = lambda: subprocess.Popen(sweep_command(path), env=env(), text=True,  # noqa: E731
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = start()
+    deadline = time.time() + 300
+    # the second starts once the first runs a job: it finds that job busy
+    while not list((tmp_path / "out").rglob("running.json")) and time.time() < deadline:
+        assert first.poll() is None, first.communicate()
+        time.sleep(0.05)
+    second = start()
     outputs = [p.communicate(timeout=600) for p in (first, second)]
     for proc, (out, err) in zip((first, second), outputs):
         assert proc.returncode == 0, out + err[-3000:]
         assert "2/2 done" in out
-    # the two shared the jobs: one of them found a job the other ran
-    assert any("another process runs it" in out or "another process runs" in out
-               for out, _ in outputs)
+    assert "another process runs" in outputs[1][0]  # the two shared the jobs
     runs = sorted((tmp_path / "out").rglob("results.jsonl"))
     assert len(runs) == 2
     for results in runs:
