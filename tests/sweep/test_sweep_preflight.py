@@ -65,7 +65,8 @@ def test_two_sweeps_sharing_the_jobs_both_exit_0(tmp_path):
     for proc, (out, err) in zip((first, second), outputs):
         assert proc.returncode == 0, out + err[-3000:]
         assert "2/2 done" in out
-    assert "another process runs" in outputs[1][0]  # the two shared the jobs
+    # the two shared the jobs: the second found one run by the first, which ended done
+    assert "1 run by another process (1 of them done)" in outputs[1][0]
     runs = sorted((tmp_path / "out").rglob("results.jsonl"))
     assert len(runs) == 2
     for results in runs:
