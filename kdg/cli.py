@@ -120,7 +120,9 @@ def train(recipe, overrides, backend, quiet):
     console = _console()
     try:
         resolved = recipes_lib.load_recipe(recipe, overrides, backend=running)
-        recipes_lib.check_dataset(resolved)
+        dataset = recipes_lib.check_dataset(resolved)
+        recipes_lib.check_run(resolved, dataset.domains,
+                              [dataset.domain_index(d) for d in resolved.dataset.test_domains])
     except _known_errors() as error:
         _fail(error)
     from rich.syntax import Syntax
@@ -132,14 +134,55 @@ def train(recipe, overrides, backend, quiet):
         _fail(error)
 
 
+def _sized(name: str, image_size, explicit: bool) -> dict:
+    """data.load's image_size option: the model's input size, except for the
+    MNIST datasets, whose 28 x 28 cannot be set (unless asked for explicitly)."""
+    from kdg import data
+
+    if image_size is None or (not explicit and data.get_info(name).kind == "mnist"):
+        return {}
+    return {"image_size": image_size}
+
+
+def _run_dataset(run_dir: Path, root, path, image_size, explicit: bool):
+    """The dataset a run trained on, from its recipe.yaml (name, root, path,
+    image size, holdout fraction, trial seed); --root, --path and
+    --image-size replace the recipe's values."""
+    from kdg import recipes
+
+    config = recipes.read_yaml(run_dir / "recipe.yaml", kind="run recipe")
+    section = config.setdefault("dataset", {})
+    section.update(_sized(str(section.get("name")), image_size, explicit))
+    for key, value in (("root", root), ("path", path)):
+        if value is not None:
+            section[key] = value
+    return recipes.check_dataset(recipes.validate(config))
+
+
+def _model_input(model) -> tuple | None:
+    shape = getattr(model, "input_shape", None)
+    if isinstance(shape, list) and len(shape) == 1:
+        shape = shape[0]
+    return tuple(shape[1:]) if isinstance(shape, tuple) and len(shape) == 4 else None
+
+
+def _resized(dataset, size):
+    """Batches (x, y, ...) with the images x resized (bilinear) to `size`."""
+    import tensorflow as tf
+
+    return dataset.map(lambda x, *rest: (tf.image.resize(x, size), *rest))
+
+
 @main.command(name="eval")
 @click.argument("model_or_run", type=click.Path(exists=True))
-@click.option("--dataset", "dataset_name", required=True, help="Dataset name, or 'custom'.")
-@click.option("--root", default=None, help="Data root (default: $KDG_DATA_ROOT).")
+@click.option("--dataset", "dataset_name", default=None,
+              help="Dataset name, or 'custom' (default: the run's, from its recipe.yaml).")
+@click.option("--root", default=None, help="Data root (default: the run's, else $KDG_DATA_ROOT).")
 @click.option("--path", default=None, help="Folder of a custom dataset.")
 @click.option("--domain", "domains", multiple=True, help="Domains to evaluate (default: all).")
 @click.option("--split", type=click.Choice(["all", "in", "out"]), default="all")
-@click.option("--image-size", type=int, default=None)
+@click.option("--image-size", type=int, default=None,
+              help="Side of the images (default: the model's input).")
 @click.option("--batch-size", type=int, default=128)
 @click.option("--backend", type=click.Choice(BACKENDS), default=None)
 def evaluate(model_or_run, dataset_name, root, path, domains, split, image_size, batch_size,
@@ -147,8 +190,14 @@ def evaluate(model_or_run, dataset_name, root, path, domains, split, image_size,
     """Evaluate a saved model (a .keras file or a run directory) on domains.
 
     \b
+    A run directory is evaluated on the dataset it trained on (its
+    recipe.yaml: dataset, root, image size, split) unless --dataset names
+    another. Images are resized to the model's input size.
+
+    \b
     Examples:
-      kdg eval runs/quickstart --dataset RotatedDigits
+      kdg eval runs/quickstart
+      kdg eval runs/quickstart --dataset RotatedDigits --domain 75
       kdg eval runs/pacs/model.keras --dataset PACS --root ~/data --domain sketch --split in
     """
     _use_backend(backend)
@@ -157,29 +206,47 @@ def evaluate(model_or_run, dataset_name, root, path, domains, split, image_size,
 
     import kdg.model  # noqa: F401  (registers kdg's classes for loading)
     from kdg import data
+    from kdg.recipes import RecipeError
 
     model_path = Path(model_or_run)
-    if model_path.is_dir():
+    run_dir = model_path if model_path.is_dir() else None
+    if run_dir is not None:
         model_path = model_path / "model.keras"
     if not model_path.exists():
         _fail(f"no model at {model_path}: a run directory holds model.keras once it is done.")
+    if dataset_name is None and (run_dir is None or not (run_dir / "recipe.yaml").exists()):
+        _fail(f"{model_or_run} is not a run directory with a recipe.yaml: say which dataset to "
+              "evaluate on with --dataset NAME (and --root DIR).")
+    model = keras.models.load_model(model_path)
+    expected = _model_input(model)
+    explicit = image_size is not None
+    if not explicit and expected is not None and expected[0] == expected[1]:
+        image_size = expected[0]  # the images are resized to the model's input
     try:
-        options = {} if image_size is None else {"image_size": image_size}
-        dataset = data.load(dataset_name, root, path=path, **options)
+        if dataset_name is None:
+            dataset = _run_dataset(run_dir, root, path, image_size, explicit)
+        else:
+            dataset = data.load(dataset_name, root, path=path,
+                                **_sized(dataset_name, image_size, explicit))
         chosen = [dataset.domain_index(d) for d in domains] or range(len(dataset.domains))
         dataset.check_images(chosen)
-    except (data.DataError, KeyError, ValueError) as error:
+    except (data.DataError, RecipeError, KeyError, ValueError) as error:
         _fail(error)
-    model = keras.models.load_model(model_path)
+    if expected is not None and tuple(dataset.input_shape)[-1:] != expected[-1:]:
+        _fail(f"{model_path} takes images of shape {expected}; {dataset.name}'s are "
+              f"{tuple(dataset.input_shape)}, with another number of channels. Evaluate it on "
+              "a dataset of the same channels (--dataset).")
+    resize = expected is not None and tuple(dataset.input_shape) != expected
     table = Table(title=f"{model_path} on {dataset.name}")
     for column in ("domain", "split", "examples", "accuracy", "loss"):
         table.add_column(column)
     for i in chosen:
         split_obj = dataset.split(i, split)
         batches = dataset.eval_batches(split_obj, batch_size=batch_size)
+        stream = _resized(batches.dataset, expected[:2]) if resize else batches.dataset
         try:
             with batches.naming_bad_images():
-                result = model.evaluate(batches.dataset, verbose=0, return_dict=True)
+                result = model.evaluate(stream, verbose=0, return_dict=True)
         except data.DataError as error:
             _fail(error)
         table.add_row(dataset.domains[i], split, str(len(split_obj)),

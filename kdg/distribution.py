@@ -145,6 +145,17 @@ def configure(devices=None):
     Call it before building the model, so that its variables are created on
     the devices. Multi-device training needs the JAX backend.
     """
+    chosen = check_devices(devices)
+    if chosen is None:
+        return None
+    distribution = DataParallel(devices=chosen)
+    keras.distribution.set_distribution(distribution)
+    return distribution
+
+
+def check_devices(devices=None):
+    """The device names `configure(devices)` would use (None for one
+    device), or a ValueError that names the problem and the fix."""
     if devices is None or (isinstance(devices, int) and not isinstance(devices, bool)
                            and devices == 1):
         return None
@@ -178,9 +189,7 @@ def configure(devices=None):
             raise ValueError("devices is an empty list.")
         if len(chosen) == 1:
             return None
-    distribution = DataParallel(devices=chosen)
-    keras.distribution.set_distribution(distribution)
-    return distribution
+    return chosen
 
 
-__all__ = ["DataParallel", "configure"]
+__all__ = ["DataParallel", "check_devices", "configure"]

@@ -400,5 +400,73 @@ def _split_problems(dataset) -> list[str]:
     return problems
 
 
+def _algorithm_classes(config: dict):
+    """The classes of an algorithm section and of its `base`, outermost first."""
+    from kdg.algorithms import ALGORITHMS
+
+    while isinstance(config, dict):
+        name = str(config.get("name", "")).lower().replace("-", "").replace("_", "")
+        if name in ALGORITHMS:
+            yield ALGORITHMS[name]
+        config = config.get("base")
+        if isinstance(config, str):
+            config = {"name": config}
+
+
+def _backend_of(recipe: Recipe) -> str | None:
+    """The backend the run will use: the recipe's, else the running Keras', else $KERAS_BACKEND."""
+    import os
+    import sys
+
+    if recipe.backend:
+        return recipe.backend
+    if "keras" in sys.modules:
+        return sys.modules["keras"].backend.backend()
+    return os.environ.get("KERAS_BACKEND") or None
+
+
+def check_run(recipe: Recipe, domains, test_envs) -> None:
+    """What the recipe and its dataset's domains decide before a run starts
+    (no Keras model is built, nothing is written): the algorithms that
+    compare pairs of domains (CorGrad, GGA, GGA-L, and GGA's base) need two
+    training domains; several devices (`training.devices`) need JAX.
+    `domains` are the dataset's domain names, `test_envs` the test domains'
+    indices. Raises RecipeError naming the field and the fix."""
+    import sys
+
+    problems = []
+    test_envs = set(test_envs)
+    training = [d for i, d in enumerate(domains) if i not in test_envs]
+    algorithm = recipe.algorithm.model_dump()
+    if len(training) < 2:
+        for cls in _algorithm_classes(algorithm):
+            if cls.needs_domain_pairs:
+                problems.append(
+                    f"algorithm: {cls.__name__} compares the gradients of pairs of training "
+                    f"domains and needs at least 2; dataset.test_domains "
+                    f"{list(recipe.dataset.test_domains)} leaves {len(training)} "
+                    f"({', '.join(training) or 'none'}). Use fewer test domains, or an "
+                    "algorithm that trains on one domain (erm, fish).")
+                break
+    devices = recipe.training.devices
+    several = devices not in (None, 1) and not (isinstance(devices, list) and len(devices) == 1)
+    backend = _backend_of(recipe)
+    if several and backend is not None and backend != "jax":
+        problems.append(
+            f"training.devices: {devices!r} trains on several devices, which needs the JAX "
+            f"backend (Keras' distribution API is implemented for JAX only); this run uses "
+            f"{backend}. Set backend: jax (or --backend jax), or remove training.devices to "
+            "train on one device.")
+    elif several and backend == "jax" and "keras" in sys.modules:
+        from kdg import distribution  # imports Keras: only where it runs already
+
+        try:
+            distribution.check_devices(devices)
+        except ValueError as error:
+            problems.append(f"training.devices: {error}")
+    if problems:
+        raise RecipeError("invalid recipe:\n  - " + "\n  - ".join(problems))
+
+
 def dump(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.to_dict(), sort_keys=False)

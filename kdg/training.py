@@ -10,7 +10,8 @@ The output directory receives, in this order of safety:
 - `tensorboard/`: the same numbers as TensorBoard scalars;
 - `checkpoint.npz`: every variable (model, optimizer, the algorithm's own
   state, seeds) and the step, replaced atomically;
-- `model.keras`: the final model; `done`: the final record, written last.
+- `model.keras`: the final model; `done`: the final record, written last;
+- `run.lock`: held (`fcntl.flock`) by the one process that runs it.
 
 A run that is killed, even with SIGKILL, continues from its last checkpoint
 when started again with the same command, and ends with the same results as
@@ -30,21 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from kdg import recipes
+from kdg import run_folder as folder
+from kdg.run_folder import CHECKPOINT, RunError
 
-CHECKPOINT = "checkpoint.npz"
-
-
-class RunError(RuntimeError):
-    pass
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+_atomic_write = folder.atomic_write
 
 
 def state_variables(model):
@@ -63,25 +53,41 @@ def save_checkpoint(model, path: Path, step: int, extra: dict | None = None) -> 
 
     arrays = {f"v{i}": ops.convert_to_numpy(v) for i, v in enumerate(state_variables(model))}
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, step=np.int64(step), extra=np.array(json.dumps(extra or {})), **arrays)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        np.savez(tmp, step=np.int64(step), extra=np.array(json.dumps(extra or {})), **arrays)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # the previous checkpoint stays as it was
+        raise
 
 
 def load_checkpoint(model, path: Path) -> tuple[int, dict]:
     """Restore the variables; returns the step and the saved `extra`."""
     variables = state_variables(model)
-    with np.load(path) as stored:
-        count = len(stored.files) - 2
-        if count != len(variables):
-            raise RunError(
-                f"{path} holds {count} variables, the model has {len(variables)}: it "
-                "belongs to another model. Delete it to start over."
-            )
-        for i, v in enumerate(variables):
-            v.assign(stored[f"v{i}"])
-        return int(stored["step"]), json.loads(str(stored["extra"]))
+    try:
+        with np.load(path) as stored:
+            count = len(stored.files) - 2
+            if count != len(variables):
+                raise RunError(
+                    f"{path} holds {count} variables, the model has {len(variables)}: it "
+                    "belongs to another model. Delete it to start over."
+                )
+            values = [stored[f"v{i}"] for i in range(count)]
+            step, extra = int(stored["step"]), json.loads(str(stored["extra"]))
+    except RunError:
+        raise
+    except Exception as error:  # a zip cut short: BadZipFile, EOFError, ValueError, ...
+        raise RunError(
+            f"{path} cannot be read ({type(error).__name__}: {error}): it is cut short or "
+            "damaged (a full disk, a copy that did not finish?). Nothing was changed. To "
+            f"recover, put back an intact copy of it, or delete it (rm {path}) to train this "
+            "run again from step 0 (its results.jsonl is then rewritten)."
+        ) from None
+    for v, value in zip(variables, values):
+        v.assign(value)
+    return step, extra
 
 
 def _read_results(path: Path, upto: int) -> list[dict]:
@@ -137,7 +143,10 @@ def build_model(recipe: recipes.Recipe, dataset):
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
     model.optimizer.build(model.trainable_variables)
-    model._dg_build_algorithm()
+    try:
+        model._dg_build_algorithm()
+    except ValueError as error:  # the algorithm cannot train this model (GGA's perturb, say)
+        raise recipes.RecipeError(f"invalid recipe:\n  - algorithm: {error}") from None
     return model
 
 
@@ -189,42 +198,90 @@ class _Progress:
         self.progress.update(self.task, completed=step, logs=text)
 
 
+def _differences(old, new, where: str = "") -> list[str]:
+    """'key: old -> new' for every dotted key whose value differs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in dict.fromkeys([*old, *new]):
+            out += _differences(old.get(key), new.get(key), f"{where}.{key}" if where else key)
+        return out
+    return [] if old == new else [f"{where}: {old!r} in the run, {new!r} now"]
+
+
+def _check_folder(out: Path, recipe: recipes.Recipe) -> bool:
+    """True when `out` holds the finished run of this recipe; a RunError when
+    it holds a run (finished or not) of another recipe. Writes nothing."""
+    saved = out / folder.RECIPE
+    finished = (out / folder.DONE).exists()
+    if saved.exists():
+        try:
+            previous = recipes.validate(recipes.read_yaml(saved)).to_dict()
+        except recipes.RecipeError as error:
+            raise RunError(f"{saved} (the recipe of the run in {out}) is not a valid recipe: "
+                           f"{error}\nChoose another output_dir (--set output_dir=DIR), or "
+                           f"delete {out} to start over.") from None
+        # where the folder is does not make another run (a moved folder)
+        previous["output_dir"] = recipe.to_dict()["output_dir"]
+        changed = _differences(previous, recipe.to_dict())
+        if changed:
+            raise RunError(
+                f"{out} holds {'a finished' if finished else 'an unfinished'} run of a "
+                f"different recipe ({'; '.join(changed[:6])}"
+                f"{'; ...' if len(changed) > 6 else ''}). To start a new run, choose another "
+                f"output_dir (--set output_dir=DIR), or delete {out}; to "
+                f"{'keep it' if finished else 'resume it'}, use the recipe in {saved}."
+            )
+    return finished
+
+
 def run(recipe: recipes.Recipe, console=None) -> dict | None:
     """Train (or resume) the run of a validated recipe. Returns the final
-    record, or None when the run had already finished."""
+    record, or None when the run had already finished.
+
+    Everything that the recipe and the dataset decide is checked before
+    anything is written; the folder is then locked for this process alone."""
     out = Path(recipe.output_dir)
     say = console.print if console is not None else (lambda *a, **k: None)
-    if (out / "done").exists():
-        say(f"[green]{out} is finished[/]: nothing to do (delete {out / 'done'} to train again).")
+    folder.check_output_dir(out)
+    if _check_folder(out, recipe):
+        say(f"[green]{out} is finished[/]: nothing to do (delete {out} to train again).")
         return None
     dataset = recipes.check_dataset(recipe)
-    saved = out / "recipe.yaml"
-    if saved.exists():
-        previous = recipes.validate(recipes.read_yaml(saved)).to_dict()
-        if previous != recipe.to_dict():
-            changed = [k for k in recipe.to_dict() if previous.get(k) != recipe.to_dict()[k]]
-            raise RunError(
-                f"{out} holds a run of a different recipe (sections that differ: "
-                f"{', '.join(changed)}). Choose another output_dir, or delete {out} to start over."
-            )
-    out.mkdir(parents=True, exist_ok=True)
+    test_envs = sorted({dataset.domain_index(d) for d in recipe.dataset.test_domains})
+    recipes.check_run(recipe, dataset.domains, test_envs)
+    # built before anything is written: an algorithm that cannot train this
+    # model (GGA with nothing to perturb) is refused like a wrong recipe
+    model = build_model(recipe, dataset)
+    with folder.writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+    with folder.lock(out):
+        if _check_folder(out, recipe):  # finished by another process meanwhile
+            say(f"[green]{out} is finished[/]: nothing to do (delete {out} to train again).")
+            return None
+        return _run_locked(recipe, dataset, model, test_envs, out, say, console)
+
+
+def _run_locked(recipe, dataset, model, test_envs, out: Path, say, console) -> dict:
+    saved = out / folder.RECIPE
     if not saved.exists():
-        _atomic_write(saved, recipes.dump(recipe).encode())
+        with folder.writing(saved):
+            _atomic_write(saved, recipes.dump(recipe).encode())
 
     import tensorflow as tf
 
     training = recipe.training
-    test_envs = sorted({dataset.domain_index(d) for d in recipe.dataset.test_domains})
     train_envs = [i for i in range(len(dataset.domains)) if i not in test_envs]
-    model = build_model(recipe, dataset)
 
     start, extra = 0, {}
     if (out / CHECKPOINT).exists():
         start, extra = load_checkpoint(model, out / CHECKPOINT)
         say(f"resuming {out} from step {start}")
-    results_path = out / "results.jsonl"
+    resume = (f": it continues from step {start}, its last checkpoint" if start else
+              ": it starts again from step 0")
+    results_path = out / folder.RESULTS
     kept = _read_results(results_path, start)
-    _atomic_write(results_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+    with folder.writing(results_path, resume):
+        _atomic_write(results_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
     args = {
         "dataset": dataset.name,
@@ -275,10 +332,8 @@ def run(recipe: recipes.Recipe, console=None) -> dict | None:
                 record.update(evaluate(model, dataset, training.eval_batch_size))
                 record.update(step_time=step_time, mem_gb=_peak_memory_gb(), args=args,
                               hparams=params)
-                with open(results_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
+                with folder.writing(results_path, resume):
+                    folder.append_line(results_path, json.dumps(record))
                 with writer.as_default(step=step):
                     for key, value in record.items():
                         if isinstance(value, (int, float)) and key != "step":
@@ -288,14 +343,22 @@ def run(recipe: recipes.Recipe, console=None) -> dict | None:
                 say(f"step {step}: loss {record.get('loss') or float('nan'):.4f}, test-domain "
                     f"accuracy {', '.join(f'{a:.3f}' for a in test_acc)}")
                 interval_logs, interval_steps, interval_time = {}, 0, 0.0
-            save_checkpoint(model, out / CHECKPOINT, step, {
-                "interval_logs": interval_logs, "interval_time": interval_time,
-                "interval_steps": interval_steps,
-            })
+            with folder.writing(out / CHECKPOINT, resume):
+                save_checkpoint(model, out / CHECKPOINT, step, {
+                    "interval_logs": interval_logs, "interval_time": interval_time,
+                    "interval_steps": interval_steps,
+                })
+            resume = f": it continues from step {step}, its last checkpoint"
 
     tmp = out / "model.tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, out / "model.keras")
-    _atomic_write(out / "done", (json.dumps(record) + "\n").encode())
+    with folder.writing(out / folder.MODEL, resume):
+        try:
+            model.save(tmp)
+            os.replace(tmp, out / folder.MODEL)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    with folder.writing(out / folder.DONE, resume):
+        _atomic_write(out / folder.DONE, (json.dumps(record) + "\n").encode())
     say(f"[green]done[/]: {out}")
     return record

@@ -39,6 +39,7 @@ started.
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
@@ -73,6 +74,7 @@ class SweepResult:
     outcomes: list[dict] = field(default_factory=list)  # one per job attempted
     already_done: int = 0
     busy: int = 0                                    # running in another process
+    done_elsewhere: int = 0                          # of those, how many ended done
 
     def count(self, state: str) -> int:
         return sum(o["state"] == state for o in self.outcomes)
@@ -80,16 +82,26 @@ class SweepResult:
     @property
     def ok(self) -> bool:
         """Every selected job is done."""
-        return self.already_done + self.count("done") == len(self.jobs)
+        return self.done == len(self.jobs)
+
+    @property
+    def done(self) -> int:
+        """Selected jobs that are done, by this process or another."""
+        return self.already_done + self.count("done") + self.done_elsewhere
 
 
 def run_sweep(sweep: Sweep | str | os.PathLike, launcher: str = "local", jobs: int | None = None,
               only: Iterable[str] = (), backend: str | None = None,
               ray_address: str | None = None, env: Mapping[str, str] | None = None,
-              echo: Callable[[str], None] | None = print) -> SweepResult:
+              echo: Callable[[str], None] | None = print,
+              wait: bool = True, poll_s: float = 1.0) -> SweepResult:
     """Run every selected job that is not done: finished jobs are skipped,
     stopped and failed ones resume (through `kdg train`'s resume), jobs that
-    another live process runs are left alone.
+    another live process runs are left alone, and (with `wait`) waited for
+    at the end, so that two sweeps sharing the jobs both end with every
+    job's outcome.
+    Jobs that cannot run (`jobs.check_jobs`) stop the sweep before any
+    starts (SweepError).
 
     Args:
         launcher: ``local`` (``jobs`` at a time, default 1) or ``ray`` (at
@@ -109,7 +121,7 @@ def run_sweep(sweep: Sweep | str | os.PathLike, launcher: str = "local", jobs: i
     sweep = _as_sweep(sweep, backend)
     selected = expand_jobs(sweep, only)
     result = SweepResult(selected)
-    todo = []
+    todo, elsewhere = [], []
     counts: Counter = Counter()
     for job in selected:
         state = job_status(job).state
@@ -119,20 +131,37 @@ def run_sweep(sweep: Sweep | str | os.PathLike, launcher: str = "local", jobs: i
             jobs_lib.clear_stale_lock(job.directory)
         elif state == "running":
             result.busy += 1
+            elsewhere.append(job)
         else:
             todo.append(job)
+    problems = jobs_lib.check_jobs(todo)
+    if problems:
+        raise SweepError(jobs_lib.format_problems(problems))
     echo(f"sweep {sweep.name}: {len(selected)} job(s) in {sweep.output_dir}: "
          + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s])
          + (f"; running {len(todo)} with the {launcher} launcher" if todo else "; nothing to run"))
-    if not todo:
-        return result
-    env = _job_env(sweep, env)
-    if launcher == "local":
-        result.outcomes = launchers.run_local(todo, jobs or 1, env, echo)
-    else:
-        result.outcomes = launchers.run_ray(todo, jobs, env, echo, address=ray_address)
-    result.busy += result.count("busy")
+    if todo:
+        env = _job_env(sweep, env)
+        if launcher == "local":
+            result.outcomes = launchers.run_local(todo, jobs or 1, env, echo)
+        else:
+            result.outcomes = launchers.run_ray(todo, jobs, env, echo, address=ray_address)
+        result.busy += result.count("busy")
+        busy = {o["directory"] for o in result.outcomes if o["state"] == "busy"}
+        elsewhere += [job for job in todo if str(job.directory) in busy]
+    if wait:
+        _wait_elsewhere(result, elsewhere, echo, poll_s)
     return result
+
+
+def _wait_elsewhere(result: SweepResult, elsewhere: list[Job], echo, poll_s: float) -> None:
+    """Wait for the jobs that another process runs; count those that end done."""
+    running = [job for job in elsewhere if job_status(job).state == "running"]
+    if running:
+        echo(f"waiting for {len(running)} job(s) that another process runs")
+    while any(job_status(job).state == "running" for job in running):
+        time.sleep(poll_s)
+    result.done_elsewhere = sum(job_status(job).state == "done" for job in elsewhere)
 
 
 def _job_env(sweep: Sweep, env: Mapping[str, str] | None) -> dict:

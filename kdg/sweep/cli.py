@@ -21,12 +21,15 @@ def _fail(message, code: int = 2):
     sys.exit(code)
 
 
-def _dry_run_text(jobs, statuses) -> str:
+def _dry_run_text(jobs, statuses, problems) -> str:
     lines = []
     for job, state in zip(jobs, statuses):
         values = ", ".join(f"{k}={_short(v)}" for k, v in job.hparams.items()) or "defaults"
-        lines.append(f"{state.state:<11} {job.name}  {values}")
-    lines.append(f"{len(jobs)} job(s)")
+        label = "invalid" if job in problems else state.state
+        lines.append(f"{label:<11} {job.name}  {values}")
+        if job in problems:
+            lines.append(f"            cannot run: {problems[job]}")
+    lines.append(f"{len(jobs)} job(s)" + (f", {len(problems)} cannot run" if problems else ""))
     return "\n".join(lines)
 
 
@@ -78,6 +81,7 @@ def sweep(sweep_file, launcher, parallel, ray_address, show_status, dry_run, bac
     """
     from kdg import sweep as sweep_lib
     from kdg.recipes import RecipeError
+    from kdg.sweep import jobs as jobs_lib
 
     try:
         loaded = sweep_lib.load_sweep(sweep_file, backend=backend)
@@ -86,7 +90,13 @@ def sweep(sweep_file, launcher, parallel, ray_address, show_status, dry_run, bac
             if show_status:
                 click.echo(sweep_lib.format_status(rows, loaded.output_dir))
             else:
-                click.echo(_dry_run_text([j for j, _ in rows], [s for _, s in rows]))
+                jobs = [j for j, s in rows]
+                problems = jobs_lib.check_jobs([j for j, s in rows if s.state != "done"])
+                click.echo(_dry_run_text(jobs, [s for _, s in rows], problems))
+                if problems:
+                    _fail(f"{len(problems)} job(s) cannot run (marked 'invalid' above): "
+                          "change the sweep file (its test_domains, algorithms or base "
+                          "recipe), or leave them out with --only.")
             return
         result = sweep_lib.run_sweep(loaded, launcher=launcher, jobs=parallel, only=only,
                                      ray_address=ray_address, echo=click.echo)
@@ -95,9 +105,9 @@ def sweep(sweep_file, launcher, parallel, ray_address, show_status, dry_run, bac
     except KeyboardInterrupt:
         click.echo("interrupted: run the same command again to resume.", err=True)
         sys.exit(130)
-    done = result.already_done + result.count("done")
     failed = result.count("failed")
-    click.echo(f"{done}/{len(result.jobs)} done, {failed} failed, {result.busy} running elsewhere, "
+    click.echo(f"{result.done}/{len(result.jobs)} done, {failed} failed, {result.busy} run by "
+               f"another process ({result.done_elsewhere} of them done), "
                f"{result.count('stopped')} stopped. Results: kdg report {loaded.output_dir}")
     if not result.ok:
         sys.exit(1)

@@ -265,6 +265,40 @@ def _job(sweep, dataset, algorithm, envs, h, t, values, training_fields) -> Job:
                directory)
 
 
+def check_jobs(jobs: Sequence[Job]) -> dict[Job, str]:
+    """Why each job that cannot run would fail as it starts, by job: what
+    `kdg train` checks before it writes anything (`recipes.check_run`: pairs
+    of training domains, devices on the backend) and an output folder that
+    cannot be made. Loads no images and no Keras."""
+    from kdg.run_folder import RunError, check_output_dir
+
+    domains: dict = {}
+    problems = {}
+    for job in jobs:
+        section = job.recipe["dataset"]
+        where = (section["name"], section.get("root"), section.get("path"))
+        if where not in domains:
+            domains[where] = _domains(section)[0]
+        try:
+            recipes.check_run(recipes.validate(job.recipe), domains[where], job.test_envs)
+            check_output_dir(job.directory)
+        except (recipes.RecipeError, RunError) as error:
+            problems[job] = str(error).replace("invalid recipe:\n  - ", "").replace(
+                "\n  - ", "; ")
+    return problems
+
+
+def format_problems(problems: dict[Job, str]) -> str:
+    """The SweepError text for jobs that cannot run."""
+    shown = list(problems.items())[:10]
+    more = len(problems) - len(shown)
+    return (f"invalid sweep: {len(problems)} job(s) cannot run:\n"
+            + "".join(f"  - {job.name}: {why}\n" for job, why in shown)
+            + (f"  - ... and {more} more (kdg sweep --dry-run lists them)\n" if more else "")
+            + "Change the sweep file (its test_domains, algorithms or base recipe), or leave "
+              "these jobs out with --only.")
+
+
 # -- --only filters -----------------------------------------------------------------
 
 _FILTER_KEYS = {

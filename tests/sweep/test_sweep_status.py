@@ -107,7 +107,7 @@ def test_locks_keep_a_running_job_to_its_process(sweep_states):
     # a sweep skips what is done and leaves what another process runs alone
     lines = []
     result = run_sweep(sweep, only=[f"hash={jobs[0].key}", f"hash={jobs[1].key}"],
-                       echo=lines.append)
+                       echo=lines.append, wait=False)
     assert result.already_done == 1 and result.busy == 1 and result.outcomes == []
     assert "nothing to run" in lines[0]
 
