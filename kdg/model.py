@@ -35,16 +35,31 @@ def _is_functional_call(args, kwargs):
 def _freeze_batchnorm(layer):
     """Run a BatchNormalization layer in inference mode (moving statistics
     used and never updated) while its gamma and beta stay trainable, as
-    DomainBed's ``freeze_bn`` (``module.eval()``) does."""
-    if getattr(layer, "_kdg_frozen", False):
+    DomainBed's ``freeze_bn`` (``module.eval()``) does.
+
+    Keras 3.15 has no supported switch for this. ``layer.trainable = False``
+    runs BatchNorm in inference mode but also takes gamma and beta out of
+    ``trainable_variables``; a subclass swapped in would need the model's
+    graph rebuilt, which a wrapped model (a keras-hub classifier, say) does
+    not allow. So the instance's ``call`` is replaced by one that passes
+    ``training=False``: Keras' ``Layer.__call__`` calls ``self.call``, and the
+    layer's config, weights and saved files stay those of a plain
+    BatchNormalization (``freeze_bn`` is the model's setting, applied again
+    when the model is built). tests/test_keras_contract.py fails if Keras
+    changes what this relies on."""
+    if _is_frozen(layer):
         return
     call = layer.call
 
     def frozen_call(inputs, training=None, mask=None):
         return call(inputs, training=False, mask=mask)
 
+    frozen_call.kdg_frozen = True
     layer.call = frozen_call
-    layer._kdg_frozen = True
+
+
+def _is_frozen(layer):
+    return getattr(layer.call, "kdg_frozen", False)
 
 
 @keras.saving.register_keras_serializable(package="kdg")
@@ -96,6 +111,10 @@ class DGModel(backend.TrainStep, keras.Model):
         self.dg_seed_generator = keras.random.SeedGenerator(
             seed, name="dg_seed_generator"
         )
+        # The model's own loss tracker, as in Keras' guides to custom training
+        # steps: a tracked metric, so `metrics` lists it and `reset_metrics`
+        # resets it; the training step and `evaluate` update it.
+        self.dg_loss_tracker = keras.metrics.Mean(name="loss")
         self._dg_algorithm_built = False
         self._dg_pending_algorithm_values = None
         self._dg_configure(algorithm, freeze_bn, l2_weight_decay, seed)
@@ -122,6 +141,26 @@ class DGModel(backend.TrainStep, keras.Model):
     @property
     def variables(self):
         return [self.dg_step] + super().variables
+
+    @property
+    def metrics(self):
+        """Keras' metrics, with the model's own loss tracker (`dg_loss_tracker`)
+        first in place of the one `compile()` makes, which has the same name
+        and which kdg's steps do not update (one `loss` in the logs)."""
+        own = getattr(self, "dg_loss_tracker", None)  # None inside Keras' __init__
+        if own is None:
+            return super().metrics
+        return [own] + [m for m in super().metrics if m is not own and m.name != own.name]
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Keras' loss; `evaluate` (``training=False``) also counts it in the
+        model's loss tracker, weighted by the batch size as Keras does. The
+        training step counts its own loss itself."""
+        loss = super().compute_loss(x, y, y_pred, sample_weight, training=training)
+        if not training and loss is not None:
+            size = ops.shape(next(t for t in tree.flatten(x) if t is not None))[0]
+            self.dg_loss_tracker.update_state(loss, sample_weight=size)
+        return loss
 
     def _dg_model_state_variables(self):
         return super().non_trainable_variables
@@ -184,7 +223,7 @@ class DGModel(backend.TrainStep, keras.Model):
         return any(
             isinstance(layer, keras.layers.BatchNormalization)
             and layer.trainable
-            and not getattr(layer, "_kdg_frozen", False)
+            and not _is_frozen(layer)
             for layer in self._flatten_layers(include_self=False)
         )
 
@@ -299,7 +338,7 @@ class DGModel(backend.TrainStep, keras.Model):
         logs = dict(logs)
         loss = logs.pop("loss")
         y_flat = flatten_domains(y)
-        self._loss_tracker.update_state(loss, sample_weight=ops.shape(y_flat)[0])
+        self.dg_loss_tracker.update_state(loss, sample_weight=ops.shape(y_flat)[0])
         results = self.compute_metrics(flatten_domains(x), y_flat, y_pred)
         results.update({k: ops.cast(v, "float32") for k, v in logs.items()})
         return results

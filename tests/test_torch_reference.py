@@ -1,24 +1,19 @@
-"""Checks of benchmarks/torch_reference.py against closed-form NumPy references.
+"""Checks of kdg/bench/torch_reference.py against closed-form NumPy references.
 
 The model for the closed-form checks is softmax regression, logits = x W + b,
 with W stored Keras-style as (features, classes) in NumPy and (classes,
 features) in PyTorch. Everything runs in float64 so that comparisons are tight.
 """
 
-import importlib.util
 import itertools
 import math
-import pathlib
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
-_PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "torch_reference.py"
-_spec = importlib.util.spec_from_file_location("kdg_torch_reference", _PATH)
-ref = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ref)
+from kdg.bench import torch_reference as ref  # noqa: E402
 
 D, B, NF, K = 3, 8, 5, 5
 

@@ -2,14 +2,13 @@
 
     python -m kdg.bench.reference CONFIG.json OUT.json
 
-Times `benchmarks/torch_reference.py` (each algorithm written the way the
+Times `kdg.bench.torch_reference` (each algorithm written the way the
 authors' code is: eager, one backward per domain, Python loops) on the same
 network shape, the same synthetic batch and the same machine as the kdg
 workers (`kdg.bench.run`), and writes the same JSON record per algorithm.
 
-`torch_reference.py` is loaded from the repository's `benchmarks/` folder
-(it is not part of the installed package). It has DomainBed's MNIST_CNN;
-the ResNets are built here, torchvision's layout, with BatchNorm frozen as
+`torch_reference.py` ships inside the package, so that `kdg bench` runs from
+an installed kdg. It has DomainBed's MNIST_CNN; the ResNets are built here, torchvision's layout, with BatchNorm frozen as
 DomainBed's `freeze_bn` does (and as `kdg.models.build` does by default).
 
 CorGrad runs with `tie_tol=0.0`, the reference's literal loop. "gga_eval"
@@ -18,11 +17,10 @@ times `GGA._measure`, what the reference evaluates once per trial.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import sys
-from pathlib import Path
 
 from kdg.bench import measure, suite
 
@@ -31,30 +29,10 @@ ALWAYS = 2 ** 30
 NAMES = {"erm": "ERM", "fish": "Fish", "corgrad": "CorGrad", "ggal": "GGAL", "gga": "GGA"}
 
 
-def reference_path():
-    """benchmarks/torch_reference.py of the checkout kdg runs from."""
-    here = Path(__file__).resolve().parents[2] / "benchmarks" / "torch_reference.py"
-    env = os.environ.get("KDG_TORCH_REFERENCE")
-    path = Path(env) if env else here
-    if not path.exists():
-        raise FileNotFoundError(
-            f"The PyTorch reference is not at {path}: it lives in the kdg repository's "
-            "benchmarks/ folder, which an installed (non-editable) kdg does not carry. "
-            "Run kdg bench from a checkout, or set KDG_TORCH_REFERENCE to the file."
-        )
-    return path
-
-
 def load_reference():
-    """benchmarks/torch_reference.py as a module (benchmarks/ is no package)."""
-    name = "kdg_bench_torch_reference"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, reference_path())
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """`kdg.bench.torch_reference`, imported when a worker needs it (it
+    imports PyTorch, which the benchmark's parent never does)."""
+    return importlib.import_module("kdg.bench.torch_reference")
 
 
 # -- ResNets (torchvision's layout; keras-hub's ResNetBackbone is the same network) ----

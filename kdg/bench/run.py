@@ -132,8 +132,10 @@ def traced_counts(model, x, y):
     if backend == "jax":
         import jax
 
-        state = model._get_jax_state(trainable_variables=True, non_trainable_variables=True,
-                                     optimizer_variables=True, metrics_variables=True)
+        # the state Keras' JAX trainer passes to train_step, from public lists
+        state = tuple([v.value for v in variables] for variables in (
+            model.trainable_variables, model.non_trainable_variables,
+            model.optimizer.variables, model.metrics_variables))
         return jaxpr_counts(jax.make_jaxpr(model.train_step)(state, (x, y)).jaxpr)
     if backend == "tensorflow":
         import tensorflow as tf
