@@ -96,7 +96,8 @@ def train(recipe, overrides, backend, quiet):
     Writes to the recipe's output_dir: recipe.yaml, results.jsonl,
     tensorboard/, checkpoint.npz, model.keras and a `done` marker. A killed
     run started again with the same command continues from its last
-    checkpoint; a finished one does nothing.
+    checkpoint; a finished one does nothing, and a run folder of another
+    recipe is refused.
 
     \b
     Examples:
@@ -129,7 +130,7 @@ def train(recipe, overrides, backend, quiet):
 
     console.print(Syntax(recipes_lib.dump(resolved), "yaml", theme="ansi_dark"))
     try:
-        training.run(resolved, console=None if quiet else console)
+        training.run(resolved, console=None if quiet else console, dataset=dataset)
     except _known_errors() as error:
         _fail(error)
 
@@ -220,28 +221,34 @@ def evaluate(model_or_run, dataset_name, root, path, domains, split, image_size,
     model = keras.models.load_model(model_path)
     expected = _model_input(model)
     explicit = image_size is not None
-    if not explicit and expected is not None and expected[0] == expected[1]:
+    fixed = expected is not None and all(isinstance(n, int) for n in expected[:2])
+    if not explicit and fixed and expected[0] == expected[1]:
         image_size = expected[0]  # the images are resized to the model's input
     try:
-        if dataset_name is None:
+        if dataset_name is None:  # checked as `kdg train` checks it, images included
             dataset = _run_dataset(run_dir, root, path, image_size, explicit)
+            chosen = [dataset.domain_index(d) for d in domains] or range(len(dataset.domains))
         else:
             dataset = data.load(dataset_name, root, path=path,
                                 **_sized(dataset_name, image_size, explicit))
-        chosen = [dataset.domain_index(d) for d in domains] or range(len(dataset.domains))
-        dataset.check_images(chosen)
+            chosen = [dataset.domain_index(d) for d in domains] or range(len(dataset.domains))
+            dataset.check_images(chosen)
     except (data.DataError, RecipeError, KeyError, ValueError) as error:
         _fail(error)
     if expected is not None and tuple(dataset.input_shape)[-1:] != expected[-1:]:
         _fail(f"{model_path} takes images of shape {expected}; {dataset.name}'s are "
               f"{tuple(dataset.input_shape)}, with another number of channels. Evaluate it on "
               "a dataset of the same channels (--dataset).")
-    resize = expected is not None and tuple(dataset.input_shape) != expected
+    # a model built for any image size (None, None, C) takes the images as they are
+    resize = fixed and tuple(dataset.input_shape)[:2] != tuple(expected[:2])
     table = Table(title=f"{model_path} on {dataset.name}")
     for column in ("domain", "split", "examples", "accuracy", "loss"):
         table.add_column(column)
     for i in chosen:
         split_obj = dataset.split(i, split)
+        if len(split_obj) == 0:  # e.g. the out split of a run with holdout_fraction 0
+            table.add_row(dataset.domains[i], split, "0", "-", "-")
+            continue
         batches = dataset.eval_batches(split_obj, batch_size=batch_size)
         stream = _resized(batches.dataset, expected[:2]) if resize else batches.dataset
         try:

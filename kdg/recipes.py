@@ -425,7 +425,7 @@ def _backend_of(recipe: Recipe) -> str | None:
     return os.environ.get("KERAS_BACKEND") or None
 
 
-def check_run(recipe: Recipe, domains, test_envs) -> None:
+def check_run(recipe: Recipe, domains, test_envs, count_devices: bool = True) -> None:
     """What the recipe and its dataset's domains decide before a run starts
     (no Keras model is built, nothing is written): the algorithms that
     compare pairs of domains (CorGrad, GGA, GGA-L, and GGA's base) need two
@@ -457,7 +457,10 @@ def check_run(recipe: Recipe, domains, test_envs) -> None:
             f"backend (Keras' distribution API is implemented for JAX only); this run uses "
             f"{backend}. Set backend: jax (or --backend jax), or remove training.devices to "
             "train on one device.")
-    elif several and backend == "jax" and "keras" in sys.modules:
+    elif (several and backend == "jax" and count_devices and "keras" in sys.modules
+          and sys.modules["keras"].backend.backend() == "jax"):
+        # only the process that trains counts its devices (a sweep's own
+        # process may run another backend, and its jobs run elsewhere)
         from kdg import distribution  # imports Keras: only where it runs already
 
         try:

@@ -234,19 +234,22 @@ def _check_folder(out: Path, recipe: recipes.Recipe) -> bool:
     return finished
 
 
-def run(recipe: recipes.Recipe, console=None) -> dict | None:
+def run(recipe: recipes.Recipe, console=None, dataset=None) -> dict | None:
     """Train (or resume) the run of a validated recipe. Returns the final
     record, or None when the run had already finished.
 
     Everything that the recipe and the dataset decide is checked before
-    anything is written; the folder is then locked for this process alone."""
+    anything is written; the folder is then locked for this process alone.
+    `dataset`: the recipe's dataset if the caller has already checked it
+    (`recipes.check_dataset`), so that its images are not checked twice."""
     out = Path(recipe.output_dir)
     say = console.print if console is not None else (lambda *a, **k: None)
     folder.check_output_dir(out)
     if _check_folder(out, recipe):
         say(f"[green]{out} is finished[/]: nothing to do (delete {out} to train again).")
         return None
-    dataset = recipes.check_dataset(recipe)
+    if dataset is None:
+        dataset = recipes.check_dataset(recipe)
     test_envs = sorted({dataset.domain_index(d) for d in recipe.dataset.test_domains})
     recipes.check_run(recipe, dataset.domains, test_envs)
     # built before anything is written: an algorithm that cannot train this

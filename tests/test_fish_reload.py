@@ -15,7 +15,8 @@ from kdg.optimizers import TorchAdam
 LR, META_LR, STEPS = 0.05, 0.5, 4
 
 
-def authors_fish(params, x, y, steps, reload_inner_optim):
+def authors_fish(params, x, y, steps, reload_inner_optim,
+                 make=lambda ps: torch.optim.Adam(ps, lr=LR)):
     """The WILDS code's train_fish loop on logits = x W + b: per step a deep
     copy of the model, a new torch.optim.Adam on it that loads the previous
     one's state if reload_inner_optim, one inner step per domain in order,
@@ -24,7 +25,7 @@ def authors_fish(params, x, y, steps, reload_inner_optim):
     opt_inner_pre = None
     for _ in range(steps):
         inner = [p.clone().requires_grad_(True) for p in model]
-        opt_inner = torch.optim.Adam(inner, lr=LR)
+        opt_inner = make(inner)
         if opt_inner_pre is not None and reload_inner_optim:
             opt_inner.load_state_dict(opt_inner_pre)
         for d in range(x.shape[0]):
@@ -78,3 +79,24 @@ def test_reset_under_gga_and_warmup_and_save(tmp_path):
     loaded = keras.models.load_model(tmp_path / "m.keras")
     assert loaded.algorithm.base.reset_inner_optimizer is True
     assert loaded.algorithm.get_config() == model.algorithm.get_config()
+
+
+def test_a_fresh_inner_optimizer_is_a_new_one_not_zeros():
+    """Adagrad's fresh state is its initial accumulator (0.1 here), not zero:
+    the reset gives a new optimizer's state, as the authors' code does by
+    making a new torch.optim.Adagrad every step."""
+    x, y = make_data()
+    params = init_params()
+    fish = Fish(meta_lr=META_LR, reset_inner_optimizer=True,
+                inner_optimizer=keras.optimizers.Adagrad(LR, initial_accumulator_value=0.1,
+                                                         epsilon=1e-10))
+    model = softmax_regression(fish, params, keras.optimizers.SGD(123.0))
+    model.fit(((x, y) for _ in range(STEPS)), steps_per_epoch=STEPS, epochs=1, verbose=0)
+    adagrad = lambda ps: torch.optim.Adagrad(ps, lr=LR, initial_accumulator_value=0.1,  # noqa: E731
+                                             eps=0.0)
+    want = authors_fish(params, x, y, STEPS, reload_inner_optim=False, make=adagrad)
+    zeros = authors_fish(params, x, y, STEPS, reload_inner_optim=False,
+                         make=lambda ps: torch.optim.Adagrad(ps, lr=LR, eps=1e-10))
+    for g, w, z, p in zip(weights(model), want, zeros, params):
+        np.testing.assert_allclose(g - p, w - p, rtol=1e-4, atol=1e-6)
+        assert np.max(np.abs(w - z)) > 100 * (1e-6 + 1e-4 * np.max(np.abs(w - p)))

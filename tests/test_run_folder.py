@@ -355,6 +355,20 @@ def test_eval_of_a_run_reads_its_recipe(finished):
         assert rows[domain][1] == pytest.approx(last[f"env{i}_out_acc"], abs=1e-4)
 
 
+def test_eval_of_a_run_without_validation_splits_shows_them_empty(finished, tmp_path):
+    """A run trained with holdout_fraction 0 has empty out splits: `kdg eval
+    --split out` lists them with no accuracy instead of failing."""
+    recipe, run = copy_of(finished[1], tmp_path)
+    saved = run / "recipe.yaml"
+    saved.write_text(saved.read_text().replace("holdout_fraction: 0.2", "holdout_fraction: 0.0"))
+    assert "holdout_fraction: 0.0" in saved.read_text()
+    result = cli("eval", run, "--split", "out")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    rows = [line for line in result.stdout.splitlines() if " out " in line]
+    assert len(rows) == 6 and all(" 0 " in row and row.count("-") >= 2 for row in rows), rows
+
+
 def test_eval_resizes_images_to_the_model_input(finished, tmp_path):
     """RotatedDigits generated at 24 x 24 for a model that takes 16 x 16:
     resized (bilinear) to 16 x 16, the same numbers as the images made at 16

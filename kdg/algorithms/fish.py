@@ -24,8 +24,10 @@ as the default does. The WILDS code makes a new inner optimizer every step and
 reloads the previous one's state if `reload_inner_optim` is true (every WILDS
 dataset; the state is dropped at the start of each epoch), not if it is false
 (CdSprites): that is `reset_inner_optimizer=True`, which sets the state to a
-fresh optimizer's (zero moments, iteration 0) at the start of every step; the
-learning rate is kept.
+fresh optimizer's (a new optimizer of the same config: zero moments,
+iteration 0, Adagrad's initial accumulator) at the start of every step; the
+learning rate is kept (a learning-rate schedule of the inner optimizer starts
+again every step, as with a new optimizer).
 """
 
 import keras
@@ -80,17 +82,40 @@ class Fish(Algorithm):
     def build(self, model):
         if self.inner_optimizer is not None and not self.inner_optimizer.built:
             self.inner_optimizer.build(model.trainable_variables)
+        if self.reset_inner_optimizer:
+            self._fresh = self._fresh_state(self.inner_optimizer or model.optimizer, model)
+
+    @staticmethod
+    def _fresh_state(optimizer, model):
+        """The state of a new optimizer of the same config, variable by
+        variable: a scalar where the new variable is uniform (zero moments,
+        iteration 0, Adagrad's initial accumulator), else its array."""
+        fresh = type(optimizer).from_config(optimizer.get_config())
+        fresh.build(model.trainable_variables)
+        state = []
+        for v in fresh.variables:
+            value = ops.convert_to_numpy(v)
+            uniform = value.size and (value == value.flat[0]).all()
+            state.append(value.flat[0] if uniform else value)
+        return state
 
     @property
     def variables(self):
         return list(self.inner_optimizer.variables) if self.inner_optimizer else []
 
     def _reset(self, optimizer):
-        """A fresh optimizer's state: every variable zero (iteration count,
-        moments) but the learning rate, which Keras names 'learning_rate'."""
-        for v in optimizer.variables:
+        """A fresh optimizer's state (iteration count, moments, accumulators),
+        as `build` recorded it, but the learning rate, which Keras names
+        'learning_rate' and a user may have changed."""
+        if len(optimizer.variables) != len(self._fresh):
+            raise ValueError(
+                f"Fish reset_inner_optimizer: the inner optimizer has "
+                f"{len(optimizer.variables)} variables, a new one of its config "
+                f"{len(self._fresh)}; compile the model before training it."
+            )
+        for v, value in zip(optimizer.variables, self._fresh):
             if v.name != "learning_rate":
-                v.assign(ops.zeros(v.shape, v.dtype))
+                v.assign(ops.cast(ops.broadcast_to(value, v.shape), v.dtype))
 
     def _fish_step(self, ctx, x, y):
         num = y.shape[0]

@@ -269,7 +269,8 @@ def check_jobs(jobs: Sequence[Job]) -> dict[Job, str]:
     """Why each job that cannot run would fail as it starts, by job: what
     `kdg train` checks before it writes anything (`recipes.check_run`: pairs
     of training domains, devices on the backend) and an output folder that
-    cannot be made. Loads no images and no Keras."""
+    cannot be made. Loads no images; the devices a job would use are
+    counted where it trains, not here."""
     from kdg.run_folder import RunError, check_output_dir
 
     domains: dict = {}
@@ -280,7 +281,8 @@ def check_jobs(jobs: Sequence[Job]) -> dict[Job, str]:
         if where not in domains:
             domains[where] = _domains(section)[0]
         try:
-            recipes.check_run(recipes.validate(job.recipe), domains[where], job.test_envs)
+            recipes.check_run(recipes.validate(job.recipe), domains[where], job.test_envs,
+                              count_devices=False)
             check_output_dir(job.directory)
         except (recipes.RecipeError, RunError) as error:
             problems[job] = str(error).replace("invalid recipe:\n  - ", "").replace(
