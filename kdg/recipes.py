@@ -270,7 +270,10 @@ def _check_algorithm(config: dict, where: str, problems: list[str],
         try:
             build_algorithm(config, total_steps)
         except HparamError as error:
-            problems.append(f"{where}.{error.hparam}: {error.reason}")
+            field = f"{where}.{error.hparam}"
+            if error.hparam == "total_steps" and "total_steps" not in config:
+                field = "training.steps (CorGrad's total_steps with alpha_schedule log_decay)"
+            problems.append(f"{field}: {error.reason}")
         except (TypeError, ValueError) as error:
             problems.append(f"{where}: {error}")
 

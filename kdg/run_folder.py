@@ -73,10 +73,11 @@ def lock(out: Path):
                 f"{out} is in use by another run: {_holder(path)} (from {path}). Wait for it "
                 "to finish or stop it, or choose another output_dir (--set output_dir=DIR)."
             ) from None
-        os.ftruncate(fd, 0)
         since = time.strftime("%Y-%m-%d %H:%M:%S %z")
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "since": since}).encode())
+        with writing(path):
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "since": since}).encode())
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -110,7 +111,7 @@ def writing(path: Path, resume: str = ""):
 def atomic_write(path: Path, data: bytes) -> None:
     """Replace `path` by `data`, all or nothing: the old file stays intact
     (and no temporary file is left) when the write fails."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per writer
     try:
         with open(tmp, "wb") as f:
             f.write(data)

@@ -34,7 +34,6 @@ from kdg import recipes
 from kdg import run_folder as folder
 from kdg.run_folder import CHECKPOINT, RunError
 
-_atomic_write = folder.atomic_write
 
 
 def state_variables(model):
@@ -268,7 +267,7 @@ def _run_locked(recipe, dataset, model, test_envs, out: Path, say, console) -> d
     saved = out / folder.RECIPE
     if not saved.exists():
         with folder.writing(saved):
-            _atomic_write(saved, recipes.dump(recipe).encode())
+            folder.atomic_write(saved, recipes.dump(recipe).encode())
 
     import tensorflow as tf
 
@@ -284,7 +283,7 @@ def _run_locked(recipe, dataset, model, test_envs, out: Path, say, console) -> d
     results_path = out / folder.RESULTS
     kept = _read_results(results_path, start)
     with folder.writing(results_path, resume):
-        _atomic_write(results_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        folder.atomic_write(results_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
     args = {
         "dataset": dataset.name,
@@ -362,6 +361,6 @@ def _run_locked(recipe, dataset, model, test_envs, out: Path, say, console) -> d
             tmp.unlink(missing_ok=True)
             raise
     with folder.writing(out / folder.DONE, resume):
-        _atomic_write(out / folder.DONE, (json.dumps(record) + "\n").encode())
+        folder.atomic_write(out / folder.DONE, (json.dumps(record) + "\n").encode())
     say(f"[green]done[/]: {out}")
     return record

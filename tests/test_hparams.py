@@ -191,6 +191,11 @@ def test_log_decay_takes_total_steps_from_the_recipe_and_needs_it_in_python():
     assert recipes.build_algorithm(recipe.algorithm.model_dump(), recipe.training.steps).total_steps == 10
     with pytest.raises(HparamError, match=r"CorGrad total_steps must be an integer >= 2 .*log_decay.*given None"):
         CorGrad(alpha_schedule="log_decay")
+    # a run too short for the schedule names the field the user set
+    message = refusal(dict(BASE, algorithm={"name": "corgrad", "alpha_schedule": "log_decay"},
+                           training={"steps": 1}))
+    assert "training.steps (CorGrad's total_steps with alpha_schedule log_decay)" in message
+    assert "algorithm.total_steps" not in message
 
 
 def test_erm_takes_no_parameters_and_says_so():

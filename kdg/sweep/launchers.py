@@ -33,6 +33,7 @@ from typing import Callable, Mapping, Sequence
 
 import yaml
 
+from kdg.run_folder import atomic_write
 from kdg.sweep import jobs as jobs_lib
 from kdg.sweep.child import PARENT_VARIABLE
 from kdg.sweep.jobs import Job
@@ -42,9 +43,7 @@ ERROR_TAIL_BYTES = 200_000
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, text.encode())
 
 
 def prepare_recipe(directory: Path, recipe: dict) -> tuple[str, bool]:
