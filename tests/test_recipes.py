@@ -44,12 +44,21 @@ def test_every_shipped_recipe_validates(tmp_path, path):
     recipe = recipes.load_recipe(path)
     name = recipe.dataset.name
     overrides = []
-    if data.get_info(name).kind == "folder":
+    if name == "custom":  # its own folder: the recipe's test domain and two more
+        png = tf.io.encode_png(np.full((4, 4, 3), 128, np.uint8)).numpy()
+        for domain in ("photos", "paintings", *recipe.dataset.test_domains):
+            for cls in ("cat", "dog"):
+                folder = tmp_path / "my_dataset" / str(domain) / cls
+                folder.mkdir(parents=True, exist_ok=True)
+                for i in range(5):
+                    (folder / f"{i}.png").write_bytes(png)
+        overrides = [f"dataset.path={tmp_path / 'my_dataset'}"]
+    elif data.get_info(name).kind == "folder":
         fake_layout(tmp_path, name)
         overrides = [f"dataset.root={tmp_path}"]
     recipe = recipes.load_recipe(path, overrides)
     dataset = recipes.check_dataset(recipe)
-    assert dataset.name == name
+    assert dataset.name == ("my_dataset" if name == "custom" else name)  # a folder's own name
     algorithm = recipes.build_algorithm(recipe.algorithm.model_dump(), recipe.training.steps)
     assert algorithm.name == recipe.algorithm.name
     assert recipe.output_dir == str(Path("runs") / path.stem)
