@@ -203,7 +203,9 @@ class DGModel(backend.TrainStep, keras.Model):
         step = store["dg_step"] if "dg_step" in store.keys() else None
         if "dg_seed" in store.keys():
             self.dg_seed_generator.state.assign(store["dg_seed"])
-        expected = len(self._trainable_variables + self._non_trainable_variables)
+        mine = {}  # what Keras saves of the model's own variables, counted
+        super().save_own_variables(mine)
+        expected = len(mine)
         if step is None and len(own) == expected + 1:
             step, own = own[0], own[1:]  # saved by kdg 0.1.0: the counter first
         super().load_own_variables({str(i): v for i, v in enumerate(own)})

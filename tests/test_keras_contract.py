@@ -150,9 +150,6 @@ TOUCHPOINTS = {
         "Keras builds the model from a (D, B, ...) batch seen as (D*B, ...)",
     ("kdg/model.py", "._flatten_layers"):
         "every nested layer (BatchNorm inside keras-hub blocks); Keras has no public walk",
-    ("kdg/model.py", "._trainable_variables"):
-        "load_own_variables: how many variables are the model's own (Keras saves those)",
-    ("kdg/model.py", "._non_trainable_variables"): "the same",
     ("kdg/model.py", "layer.call ="):
         "freeze_bn: BatchNorm's call with training=False (see _freeze_batchnorm)",
     ("kdg/algorithms/base.py", "._losses_override"):
