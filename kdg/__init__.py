@@ -4,7 +4,7 @@
     model = kdg.DGModel(inputs, outputs, algorithm=kdg.algorithms.Fish())
     model.compile(optimizer="adam",
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(batches)  # x: (D, B, ...), y: (D, B)
+    model.fit(batches)  # x: (D*B, ...), y: (D*B,); kdg.layout, kdg.data.domain_batches
 
 Submodules load on first use, so that `kdg report` and `kdg --help` do not
 start a Keras backend. When Keras is already imported, the model classes
@@ -18,7 +18,7 @@ import sys
 __version__ = "0.1.0"
 
 _MODEL = ("DGModel", "FunctionalDGModel", "WrappedDGModel", "wrap")
-_SUBMODULES = ("algorithms", "data", "models", "optimizers", "recipes", "report", "training",
+_SUBMODULES = ("algorithms", "data", "layout", "models", "optimizers", "recipes", "report", "training",
                "sweep", "bench")
 
 __all__ = list(_MODEL) + ["algorithms"]

@@ -1,5 +1,5 @@
 """`kdg.DGModel`: a `keras.Model` whose `train_step` runs a domain
-generalization algorithm on batches of D per-domain minibatches.
+generalization algorithm on batches that hold the examples of D domains.
 
 Three ways in:
 
@@ -7,10 +7,15 @@ Three ways in:
 - subclassing: ``class Net(kdg.DGModel)`` with its own ``call``
 - wrapping a built model: ``kdg.wrap(model, algorithm=...)``
 
-Training batches are ``(x, y)`` with ``x`` of shape ``(D, B, ...)`` and integer
-labels ``y`` of shape ``(D, B)``; ``evaluate`` and ``predict`` take ordinary
-``(B, ...)`` batches.
+Training batches are ordinary Keras batches ``(x, y)``: ``x`` of shape
+``(N, ...)``, integer labels ``y`` of shape ``(N,)``, the N = D*B examples of
+the D training domains laid out domain-minor (example b of domain d at index
+``b*D + d``; `kdg.layout`, `kdg.data.interleave_domains`). The model knows D
+(``num_domains``); its step views the batch as (D, B, ...) for the algorithm.
+``evaluate`` and ``predict`` take ordinary batches of any examples.
 """
+
+import sys
 
 import keras
 from keras import ops
@@ -19,11 +24,12 @@ from keras.src.models.functional import Functional, functional_from_config
 
 from kdg import algorithms as algorithms_lib
 from kdg import backend
+from kdg import layout
 from kdg import optimizers  # noqa: F401 (registered, for load_model of a model using them)
 from kdg import random as kdg_random
 from kdg.algorithms.base import StepContext, flatten_domains
 
-_DG_KEYS = ("algorithm", "freeze_bn", "l2_weight_decay", "seed")
+_DG_KEYS = ("algorithm", "freeze_bn", "l2_weight_decay", "seed", "num_domains")
 
 
 def _is_functional_call(args, kwargs):
@@ -76,6 +82,16 @@ class DGModel(backend.TrainStep, keras.Model):
             Keras' optimizers' own `weight_decay` is the decoupled kind.
         seed: seed of the model's `keras.random.SeedGenerator`, the source of
             the algorithms' randomness.
+        num_domains: D, the number of training domains in each training
+            batch (see the module's docstring for the layout). Also settable
+            as ``model.num_domains``; `fit` takes it from kdg's training
+            batches (`kdg.data.domain_batches`, `DGDataset.train_batches`)
+            when the model has none. Saved in the model's config.
+
+    Training batches are ``(x, y)`` with ``x`` of shape ``(D*B, ...)`` and
+    integer labels ``y`` of shape ``(D*B,)``, example b of domain d at index
+    ``b*D + d``: `kdg.data.interleave_domains(per_domain)` builds one from D
+    per-domain minibatches. ``evaluate`` and ``predict`` take any batches.
     """
 
     def __new__(cls, *args, **kwargs):
@@ -90,6 +106,7 @@ class DGModel(backend.TrainStep, keras.Model):
         freeze_bn=False,
         l2_weight_decay=0.0,
         seed=None,
+        num_domains=None,
         **kwargs,
     ):
         if _is_functional_call(args, kwargs) and not isinstance(self, Functional):
@@ -117,11 +134,12 @@ class DGModel(backend.TrainStep, keras.Model):
         self.dg_loss_tracker = keras.metrics.Mean(name="loss")
         self._dg_algorithm_built = False
         self._dg_pending_algorithm_values = None
-        self._dg_configure(algorithm, freeze_bn, l2_weight_decay, seed)
+        self._dg_configure(algorithm, freeze_bn, l2_weight_decay, seed, num_domains)
 
     def _dg_configure(self, algorithm=None, freeze_bn=False, l2_weight_decay=0.0,
-                      seed=None):
+                      seed=None, num_domains=None):
         self.algorithm = algorithms_lib.get(algorithm)
+        self.num_domains = num_domains
         self.freeze_bn = bool(freeze_bn)
         self.l2_weight_decay = float(l2_weight_decay)
         self.seed = seed
@@ -130,6 +148,32 @@ class DGModel(backend.TrainStep, keras.Model):
                 ops.cast(ops.convert_to_tensor([seed, 0]),
                          self.dg_seed_generator.state.dtype)
             )
+
+    # -- the number of domains -------------------------------------------------
+    @property
+    def num_domains(self):
+        """D, the number of training domains in each training batch (None
+        until it is set, or taken by `fit` from kdg's training batches)."""
+        return getattr(self, "_dg_num_domains", None)
+
+    @num_domains.setter
+    def num_domains(self, value):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise ValueError(f"num_domains must be a positive integer or None; got {value!r}.")
+        if value != self.num_domains and getattr(self, "train_function", None) is not None:
+            self.train_function = None  # traced for another D
+        object.__setattr__(self, "_dg_num_domains", value)
+
+    def _dg_require_num_domains(self):
+        if self.num_domains is None:
+            raise ValueError(
+                "kdg.DGModel: the model does not know how many training domains each "
+                "training batch holds. Set it: kdg.DGModel(..., num_domains=D), "
+                "kdg.wrap(model, num_domains=D) or model.num_domains = D; or train with "
+                "model.fit on kdg's training batches (kdg.data.domain_batches, "
+                "DGDataset.train_batches), which carry it.")
+        return self.num_domains
 
     # -- state -------------------------------------------------------------
     @property
@@ -241,50 +285,59 @@ class DGModel(backend.TrainStep, keras.Model):
         # the algorithm's own variables must exist before weights load
         self._dg_build_algorithm()
 
-    def _symbolic_build(self, iterator=None, data_batch=None):
-        if data_batch is None and iterator is not None:
-            for _, _, data_or_iterator in iterator:
-                if isinstance(data_or_iterator, (list, tuple)):
-                    data_batch = data_or_iterator[0]
-                else:
-                    data_batch = next(data_or_iterator)
-                break
-        data_batch = self._dg_as_flat_batch(data_batch)
-        super()._symbolic_build(data_batch=data_batch)
+    def make_train_function(self, force=False):
+        """Keras' `make_train_function`, after building what the step needs
+        and Keras does not know of: BatchNorm frozen (`freeze_bn`), the
+        algorithm's own variables (JAX collects its state, and TensorFlow
+        traces the step, after this) and the optimizer's (without a
+        distribution strategy Keras' TensorFlow trainer leaves that to the
+        first trace, and a trace that creates variables runs twice)."""
+        self._dg_require_num_domains()
         self._dg_freeze()
         self._dg_build_algorithm()
+        if self.built and self.optimizer is not None and not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
+        return super().make_train_function(force=force)
 
-    def _dg_as_flat_batch(self, data_batch):
-        """Keras builds the model from one batch; a (D, B, ...) training batch
-        is shown to it as the (D*B, ...) batch the network really sees."""
-        x, y, sw = keras.utils.unpack_x_y_sample_weight(data_batch)
-        if y is None or len(getattr(y, "shape", ())) != 2:
-            return data_batch
-        leaves = tree.flatten(x)
-        if not all(len(t.shape) >= 2 and tuple(t.shape[:2]) == tuple(y.shape)
-                   for t in leaves):
-            if "int" in keras.backend.standardize_dtype(y.dtype) and all(
-                len(t.shape) >= 2 and t.shape[0] == y.shape[0] for t in leaves
-            ):
-                self._dg_check_batch(x, y, sw)  # a (D, B) batch gone wrong
-            return data_batch
-        # Remembered for pipelines that hide the number of domains (a
-        # generator under tf.function has unknown leading dimensions).
-        self._dg_num_domains = y.shape[0]
-        to_spec = lambda t: keras.KerasTensor(
-            (t.shape[0] * t.shape[1],) + tuple(t.shape[2:]),
-            keras.backend.standardize_dtype(t.dtype),
-        )
-        return (tree.map_structure(to_spec, x), to_spec(y))
+    def train_on_batch(self, x, y=None, sample_weight=None, *args, **kwargs):
+        """Keras' `train_on_batch`, the batch checked first (a stacked
+        (D, B, ...) batch is named as such, before Keras reads its shape)."""
+        self._dg_check_batch(x, y, sample_weight)
+        return super().train_on_batch(x, y, sample_weight, *args, **kwargs)
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """Keras' `fit`. Training data that knows its number of domains
+        (kdg's training batches: `kdg.data.domain_batches`,
+        `DGDataset.train_batches`) sets the model's `num_domains` if it has
+        none, and is refused if the model has another; such batches can be
+        given to `fit` as they are."""
+        given = getattr(x, "num_domains", None)
+        if given is not None:
+            if self.num_domains is None:
+                self.num_domains = given
+            elif self.num_domains != given:
+                raise ValueError(
+                    f"kdg.DGModel.fit: the training batches hold {given} domains, the model "
+                    f"was set to num_domains={self.num_domains}. Build the batches from "
+                    f"{self.num_domains} domains, or set model.num_domains = {given}.")
+        pipeline = sys.modules.get("kdg.data.pipeline")
+        if pipeline is not None and isinstance(x, pipeline.Batches):
+            if not args:  # shuffled already, in the pipeline (Keras warns otherwise)
+                kwargs.setdefault("shuffle", False)
+            with x.naming_bad_images():  # a bad image named, not a TensorFlow error
+                return super().fit(x.dataset, y, *args, **kwargs)
+        return super().fit(x, y, *args, **kwargs)
 
     # -- training ----------------------------------------------------------
     def _dg_check_batch(self, x, y, sample_weight):
         where = "kdg.DGModel training batch"
+        num = self._dg_require_num_domains()
         fix = (
-            "Training batches must be (x, y) with x of shape (D, B, ...) and "
-            "integer labels y of shape (D, B): one minibatch of B examples per "
-            "training domain, stacked on the first axis (kdg.data.train_batches "
-            "makes them; np.stack a list of per-domain batches does too)."
+            "Training batches are ordinary (x, y) batches: x of shape (N, ...) and integer "
+            f"labels y of shape (N,), N = D*B examples of the model's num_domains D={num} "
+            "domains, example b of domain d at index b*D + d. kdg.data.interleave_domains "
+            "builds one from D per-domain minibatches (or a stacked (D, B, ...) array); "
+            "kdg.data.domain_batches makes a stream of them."
         )
         if y is None:
             raise ValueError(f"{where}: no labels were given. {fix}")
@@ -295,43 +348,38 @@ class DGModel(backend.TrainStep, keras.Model):
             )
         y_shape = tuple(y.shape)
         x_shapes = [tuple(t.shape) for t in tree.flatten(x)]
-        if len(y_shape) != 2 or any(
-            len(s) < 2 or s[:2] != y_shape for s in x_shapes
-        ):
+        if len(y_shape) != 1 or any(len(s) < 1 or s[0] != y_shape[0] for s in x_shapes):
             raise ValueError(
-                f"{where}: expected x of shape (D, B, ...) and y of shape "
-                f"(D, B); got x of shape {', '.join(map(str, x_shapes))} and y "
-                f"of shape {y_shape}. {fix}"
+                f"{where}: expected x of shape (N, ...) and y of shape (N,); got x of "
+                f"shape {', '.join(map(str, x_shapes))} and y of shape {y_shape}. {fix}"
+            )
+        if y_shape[0] is not None and y_shape[0] % num:
+            raise ValueError(
+                f"{where}: {y_shape[0]} examples do not divide into num_domains={num} "
+                f"domains of equal size (N must be a multiple of D). {fix}"
             )
         dtype = keras.backend.standardize_dtype(y.dtype)
         if "int" not in dtype:
             raise ValueError(
                 f"{where}: labels must be integers (class indices) of shape "
-                f"(D, B); got dtype {dtype}. Cast them, e.g. y.astype('int32')."
+                f"(N,); got dtype {dtype}. Cast them, e.g. y.astype('int32')."
             )
-        if self.algorithm.needs_domain_pairs and y_shape[0] < 2:
+        if self.algorithm.needs_domain_pairs and num < 2:
             raise ValueError(
                 f"{where}: {type(self.algorithm).__name__} compares the "
                 f"gradients of pairs of domains and needs at least 2 training "
-                f"domains; the batch has D={y_shape[0]}. Train on two or more "
+                f"domains; the model has num_domains={num}. Train on two or more "
                 "domains, or use ERM."
             )
 
-    def _dg_static_domains(self, x, y):
-        """Give x and y a static number of domains when the pipeline left it
-        unknown: the algorithms unroll over domains."""
-        num = getattr(self, "_dg_num_domains", None)
-        if y is None or len(y.shape) != 2 or y.shape[0] is not None or num is None:
-            return x, y
-        fix = lambda t: ops.reshape(t, (num, -1) + tuple(ops.shape(t)[2:]))
-        return tree.map_structure(fix, x), fix(y)
-
     def _dg_train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        x, y = self._dg_static_domains(x, y)
         self._dg_check_batch(x, y, sample_weight)
         self._dg_freeze()
         self._dg_build_algorithm()
+        # the algorithms' view: (N, ...) -> (D, B, ...), as kdg.layout lays it out
+        num = self.num_domains
+        x, y = tree.map_structure(lambda t: layout._split(t, num, ops), (x, y))
         ctx = StepContext(
             self, kdg_random.key_from_seed_generator(self.dg_seed_generator)
         )
@@ -356,6 +404,7 @@ class DGModel(backend.TrainStep, keras.Model):
             freeze_bn=self.freeze_bn,
             l2_weight_decay=self.l2_weight_decay,
             seed=self.seed,
+            num_domains=self.num_domains,
         )
         return config
 

@@ -432,7 +432,8 @@ def check_run(recipe: Recipe, domains, test_envs, count_devices: bool = True) ->
     """What the recipe and its dataset's domains decide before a run starts
     (no Keras model is built, nothing is written): the algorithms that
     compare pairs of domains (CorGrad, GGA, GGA-L, and GGA's base) need two
-    training domains; several devices (`training.devices`) need JAX.
+    training domains; several devices (`training.devices`) need JAX and a
+    `training.batch_size` they divide.
     `domains` are the dataset's domain names, `test_envs` the test domains'
     indices. Raises RecipeError naming the field and the fix."""
     import sys
@@ -460,8 +461,17 @@ def check_run(recipe: Recipe, domains, test_envs, count_devices: bool = True) ->
             f"backend (Keras' distribution API is implemented for JAX only); this run uses "
             f"{backend}. Set backend: jax (or --backend jax), or remove training.devices to "
             "train on one device.")
-    elif (several and backend == "jax" and count_devices and "keras" in sys.modules
-          and sys.modules["keras"].backend.backend() == "jax"):
+    count = len(devices) if isinstance(devices, list) else devices
+    if several and isinstance(count, int) and count > 1 and recipe.training.batch_size % count:
+        batch_size = recipe.training.batch_size
+        problems.append(
+            f"training.batch_size: {batch_size} examples per domain do not divide among "
+            f"training.devices={devices!r} ({count} devices); each device trains on an equal "
+            f"share of every domain's examples. Set training.batch_size to a multiple of "
+            f"{count} (e.g. {-(-batch_size // count) * count}), or train on a number of "
+            f"devices that divides {batch_size}.")
+    if (several and backend == "jax" and count_devices and "keras" in sys.modules
+            and sys.modules["keras"].backend.backend() == "jax"):
         # only the process that trains counts its devices (a sweep's own
         # process may run another backend, and its jobs run elsewhere)
         from kdg import distribution  # imports Keras: only where it runs already

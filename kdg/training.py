@@ -304,6 +304,7 @@ def _run_locked(recipe, dataset, model, test_envs, out: Path, say, console) -> d
     writer = tf.summary.create_file_writer(str(out / "tensorboard"))
 
     batches = dataset.train_batches(train_envs, batch_size=training.batch_size, seed=training.seed)
+    model.num_domains = batches.num_domains
     stream = batches.iterate(skip=start)
     progress = _Progress(training.steps, start, console)
     # the training logs since the last evaluation, kept in the checkpoint so

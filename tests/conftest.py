@@ -56,3 +56,21 @@ def data():
 @pytest.fixture
 def params():
     return init_params()
+
+
+# -- kdg's training batches from per-domain data ---------------------------------------
+
+def domain_batch(x, y):
+    """Per-domain data (x of shape (D, B, ...), y of shape (D, B)) -> kdg's
+    training batch (x of shape (D*B, ...), y of shape (D*B,), kdg.layout's
+    order). The one place tests lay out a training batch."""
+    return kdg.layout.interleave_domains((x, y))
+
+
+def train_on_domains(model, x, y, **kwargs):
+    """`model.train_on_batch` on per-domain data (x (D, B, ...), y (D, B)):
+    sets the model's num_domains to D when it has none."""
+    if model.num_domains is None:
+        model.num_domains = np.shape(y)[0]
+    return model.train_on_batch(*domain_batch(x, y), **kwargs)
+

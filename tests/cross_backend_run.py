@@ -31,7 +31,7 @@ def run(name, steps=4):
     inputs = keras.Input((5,))
     hidden = keras.layers.Dense(6, activation="tanh", name="features")(inputs)
     outputs = keras.layers.Dense(4, name="head")(hidden)
-    model = kdg.DGModel(inputs, outputs, algorithm=ALGORITHMS[name](), seed=3)
+    model = kdg.DGModel(inputs, outputs, algorithm=ALGORITHMS[name](), seed=3, num_domains=3)
     for layer in ("features", "head"):
         model.get_layer(layer).set_weights(
             [rng.normal(scale=0.5, size=w.shape).astype("float32")
@@ -40,7 +40,7 @@ def run(name, steps=4):
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     logs = {}
     for _ in range(steps):
-        logs = model.train_on_batch(x, y, return_dict=True)
+        logs = model.train_on_batch(*kdg.layout.interleave_domains((x, y)), return_dict=True)
     return {"weights": [np.asarray(w).tolist() for w in model.get_weights()],
             "logs": {k: float(v) for k, v in logs.items()}}
 

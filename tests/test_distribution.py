@@ -1,11 +1,12 @@
-"""Data-parallel training on several devices (JAX): every algorithm gives the
-same weights on 4 virtual CPU devices as on one, for the same global batch.
+"""Data-parallel training on several devices (JAX), through Keras' own
+`keras.distribution.DataParallel`: every algorithm gives the same weights on
+4 virtual CPU devices as on one, for the same global batch.
 
 The 4-device run is this file run as a script in a subprocess with
 XLA_FLAGS=--xla_force_host_platform_device_count=4 (the flag must be set
 before JAX starts); the one-device run is the same function in this process.
-D = 3 domains on 4 devices: Keras' own DataParallel, which shards the first
-axis, could not even place such a batch.
+D = 3 domains on 4 devices: the training batch's 24 examples are laid out
+domain-minor (kdg.layout), so each device's 6 hold 2 of every domain.
 """
 
 import json
@@ -41,6 +42,7 @@ def make_algorithm(name):
 
 
 def data():
+    """Per-domain data: x (3, 8, 6, 6, 2), y (3, 8)."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3, 8, 6, 6, 2)) + rng.normal(scale=2.0, size=(3, 1, 1, 1, 2))
     y = rng.integers(0, 4, size=(3, 8))
@@ -59,6 +61,7 @@ def train(name, devices):
     distribution = kdg.distribution.configure(devices)
     layouts = []
     if distribution is not None:
+        assert type(distribution) is keras.distribution.DataParallel  # Keras' own
         get_layout = distribution.get_data_layout
 
         def logged(shape):
@@ -77,20 +80,22 @@ def train(name, devices):
         h = keras.layers.GlobalAveragePooling2D()(h)
         h = keras.layers.Dense(5, activation="tanh", name="features")(h)
         outputs = keras.layers.Dense(4, name="head")(h)
-        model = kdg.DGModel(inputs, outputs, algorithm=make_algorithm(name), seed=3)
+        model = kdg.DGModel(inputs, outputs, algorithm=make_algorithm(name), seed=3,
+                            num_domains=3)
         model.set_weights([rng.normal(scale=0.5, size=w.shape).astype("float32")
                            if w.ndim > 1 else w for w in model.get_weights()])
         model.compile(optimizer=keras.optimizers.Adam(0.01),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         x, y = data()
+        train_x, train_y = kdg.layout.interleave_domains((x, y))
         logs = {}
         for _ in range(3):
-            logs = model.train_on_batch(x, y, return_dict=True)
+            logs = model.train_on_batch(train_x, train_y, return_dict=True)
         flat_x = x.reshape((-1,) + x.shape[2:])
-        # validation inside fit: ordinary (B, ...) batches while fitting
-        history = model.fit(((x, y) for _ in range(2)), steps_per_epoch=2, epochs=1,
-                            shuffle=False, validation_data=(flat_x, y.reshape(-1)),
-                            verbose=0)
+        # validation inside fit: ordinary batches while fitting
+        history = model.fit(((train_x, train_y) for _ in range(2)), steps_per_epoch=2,
+                            epochs=1, shuffle=False,
+                            validation_data=(flat_x, y.reshape(-1)), verbose=0)
         evaluated = model.evaluate(flat_x, y.reshape(-1), batch_size=12, verbose=0,
                                    return_dict=True)
         predicted = model.predict(flat_x, batch_size=12, verbose=0)
@@ -140,24 +145,26 @@ def test_same_weights_on_four_devices_as_on_one(on_four_devices, name):
 
 
 def test_training_batches_are_sharded_along_the_examples(on_four_devices):
+    import kdg.layout
+
     layouts = on_four_devices["erm"]["layouts"]
-    training = [axes for shape, axes in layouts if shape[:2] == [3, 8]]
+    training = [axes for shape, axes in layouts if shape[0] == 24]  # 3 domains x 8
     evaluation = [axes for shape, axes in layouts if shape[0] == 12]
-    validation = [axes for shape, axes in layouts if shape[0] == 24]
-    assert training and evaluation and validation
-    # x (3, 8, 6, 6, 2) and y (3, 8): the 8 examples of each domain are split
-    assert all(axes[0] is None and axes[1] == "batch" for axes in training)
-    assert all(axes[0] == "batch" for axes in evaluation + validation)
+    assert training and evaluation
+    # Keras' DataParallel: every batch along its first axis, as for any model
+    assert all(axes[0] == "batch" and set(axes[1:]) <= {None}
+               for axes in training + evaluation)
+    # ... which, in kdg's layout, gives each device 2 examples of every domain
+    domain_of = kdg.layout.interleave_domains(np.repeat(np.arange(3)[:, None], 8, axis=1))
+    for part in np.split(domain_of, DEVICES):
+        assert sorted(part.tolist()) == [0, 0, 1, 1, 2, 2]
 
 
-def test_batch_axis_rules():
+def test_configure_rules():
     import keras
 
     import kdg.distribution
 
-    distribution = kdg.distribution.DataParallel(devices=keras.distribution.list_devices()[:1])
-    assert distribution.batch_axis((12, 6, 6, 2)) == 0  # not training: axis 0
-    assert distribution.batch_axis(()) is None
     assert kdg.distribution.configure(None) is None
     assert kdg.distribution.configure(1) is None
     assert keras.distribution.distribution() is None

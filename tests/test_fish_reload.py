@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 import torch
-from conftest import init_params, make_data, softmax_regression, weights
+from conftest import domain_batch, init_params, make_data, softmax_regression, weights
 
 from kdg.algorithms import GGA, Fish
 from kdg.optimizers import TorchAdam
@@ -46,11 +46,11 @@ def test_fish_inner_optimizer_state_as_the_authors_code(reset, own_inner_optimiz
     if own_inner_optimizer:  # the compiled optimizer is then unused
         fish = Fish(meta_lr=META_LR, inner_optimizer=TorchAdam(LR),
                     reset_inner_optimizer=reset)
-        model = softmax_regression(fish, params, keras.optimizers.SGD(123.0))
+        model = softmax_regression(fish, params, keras.optimizers.SGD(123.0), num_domains=3)
     else:
         fish = Fish(meta_lr=META_LR, reset_inner_optimizer=reset)
-        model = softmax_regression(fish, params, TorchAdam(LR))
-    model.fit(((x, y) for _ in range(STEPS)), steps_per_epoch=STEPS, epochs=1, verbose=0)
+        model = softmax_regression(fish, params, TorchAdam(LR), num_domains=3)
+    model.fit((domain_batch(x, y) for _ in range(STEPS)), steps_per_epoch=STEPS, epochs=1, verbose=0)
     want = authors_fish(params, x, y, STEPS, reload_inner_optim=not reset)
     other = authors_fish(params, x, y, STEPS, reload_inner_optim=reset)
     got = weights(model)
@@ -72,8 +72,9 @@ def test_reset_under_gga_and_warmup_and_save(tmp_path):
     fish = Fish(meta_lr=META_LR, inner_optimizer=TorchAdam(LR), warmup_steps=1,
                 reset_inner_optimizer=True)
     model = softmax_regression(GGA(base=fish, start_step=1, end_step=2, trials=2,
-                                   perturb="all"), init_params(), TorchAdam(LR))
-    model.fit(((x, y) for _ in range(3)), steps_per_epoch=3, epochs=1, verbose=0)
+                                   perturb="all"), init_params(), TorchAdam(LR),
+                               num_domains=3)
+    model.fit((domain_batch(x, y) for _ in range(3)), steps_per_epoch=3, epochs=1, verbose=0)
     assert int(keras.ops.convert_to_numpy(fish.inner_optimizer.iterations)) == x.shape[0]
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
@@ -90,8 +91,8 @@ def test_a_fresh_inner_optimizer_is_a_new_one_not_zeros():
     fish = Fish(meta_lr=META_LR, reset_inner_optimizer=True,
                 inner_optimizer=keras.optimizers.Adagrad(LR, initial_accumulator_value=0.1,
                                                          epsilon=1e-10))
-    model = softmax_regression(fish, params, keras.optimizers.SGD(123.0))
-    model.fit(((x, y) for _ in range(STEPS)), steps_per_epoch=STEPS, epochs=1, verbose=0)
+    model = softmax_regression(fish, params, keras.optimizers.SGD(123.0), num_domains=3)
+    model.fit((domain_batch(x, y) for _ in range(STEPS)), steps_per_epoch=STEPS, epochs=1, verbose=0)
     adagrad = lambda ps: torch.optim.Adagrad(ps, lr=LR, initial_accumulator_value=0.1,  # noqa: E731
                                              eps=0.0)
     want = authors_fish(params, x, y, STEPS, reload_inner_optim=False, make=adagrad)

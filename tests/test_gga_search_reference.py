@@ -18,7 +18,7 @@ must take the same decisions; kdg's accepted count, `gga_cos_before` /
 import keras
 import numpy as np
 import pytest
-from conftest import init_params, make_data, softmax_regression, weights
+from conftest import init_params, make_data, softmax_regression, train_on_domains, weights
 from test_random import fold_in, uniform
 
 import reference as ref
@@ -107,7 +107,7 @@ def kdg_run(params, x, y, steps, window, rho, trials, tol, **kwargs):
     gga = GGA(start_step=0, end_step=window - 1, rho=rho, trials=trials, loss_tolerance=tol,
               perturb="all", **kwargs)
     model = softmax_regression(gga, params, keras.optimizers.SGD(LR), seed=SEED)
-    logs = [model.train_on_batch(x, y, return_dict=True) for _ in range(steps)]
+    logs = [train_on_domains(model, x, y, return_dict=True) for _ in range(steps)]
     return model, logs
 
 

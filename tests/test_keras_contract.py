@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import softmax_regression
+from conftest import domain_batch, softmax_regression, train_on_domains
 from packaging.requirements import Requirement
 
 import kdg
@@ -26,7 +26,7 @@ LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 def test_the_loss_in_the_logs_is_the_models_own_tracker(data, params):
     x, y = data
-    model = softmax_regression(ERM(), params)  # SGD(0.1)
+    model = softmax_regression(ERM(), params, num_domains=3)  # SGD(0.1)
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS, metrics=["accuracy"])
     assert model.metrics[0] is model.dg_loss_tracker
     assert [m.name for m in model.metrics].count("loss") == 1
@@ -35,7 +35,8 @@ def test_the_loss_in_the_logs_is_the_models_own_tracker(data, params):
     for _ in range(2):
         p, loss = ref.erm_step(p, x, y, lr=0.1)
         losses.append(loss)
-    history = model.fit(tf.data.Dataset.from_tensors((x, y)).repeat(2), verbose=0).history
+    history = model.fit(tf.data.Dataset.from_tensors(domain_batch(x, y)).repeat(2),
+                        verbose=0).history
     # two steps of D*B examples each: the mean of the two steps' losses
     np.testing.assert_allclose(history["loss"], [np.mean(losses)], rtol=1e-5)
     assert float(model.dg_loss_tracker.count) == 2 * y.size
@@ -53,7 +54,7 @@ def test_the_loss_in_the_logs_is_the_models_own_tracker(data, params):
     assert len(listed) == 2  # [loss, accuracy]: one loss
     np.testing.assert_allclose(listed[0], want, rtol=1e-5)
 
-    logs = softmax_regression(ERM(), params).train_on_batch(x, y, return_dict=True)
+    logs = train_on_domains(softmax_regression(ERM(), params), x, y, return_dict=True)
     np.testing.assert_allclose(logs["loss"], losses[0], rtol=1e-5)
 
 
@@ -96,7 +97,7 @@ def test_frozen_batchnorm_trains_like_inference_mode_batchnorm_with_gamma_and_be
     model.set_weights([w.astype("float32") for w in weights])
     model.compile(optimizer=keras.optimizers.SGD(0.2), loss=LOSS)
     for _ in range(3):
-        model.train_on_batch(x, y)
+        train_on_domains(model, x, y)
     bn = model.get_layer("bn")
     want = _frozen_bn_reference(weights, x, y, lr=0.2, eps=bn.epsilon, steps=3)
     got = (model.get_layer("dense").get_weights() + bn.get_weights()
@@ -146,25 +147,14 @@ def test_installed_keras_and_jax_are_inside_the_tested_bounds():
 TOUCHPOINTS = {
     ("kdg/model.py", "keras.src.models.functional"):
         "Functional and functional_from_config: FunctionalDGModel is a functional model",
-    ("kdg/model.py", "super()._symbolic_build"):
-        "Keras builds the model from a (D, B, ...) batch seen as (D*B, ...)",
     ("kdg/model.py", "._flatten_layers"):
         "every nested layer (BatchNorm inside keras-hub blocks); Keras has no public walk",
     ("kdg/model.py", "layer.call ="):
         "freeze_bn: BatchNorm's call with training=False (see _freeze_batchnorm)",
     ("kdg/algorithms/base.py", "._losses_override"):
         "stateless_call's layer losses handed to stateless_compute_loss, as Keras' JAX trainer does",
-    ("kdg/backend/tensorflow.py", "super()._maybe_symbolic_build"):
-        "builds the model and optimizer before the first trace (half the compile)",
-    ("kdg/backend/tensorflow.py", "._first_batches"):
-        "the number of domains from a generator's first batch",
-    ("kdg/backend/tensorflow.py", "._dataset"): "the same, from a tf.data adapter",
     ("kdg/backend/jax_conv.py", "jax.extend"): "jaxpr rewriting: XLA:CPU's fast convolution layout",
     ("kdg/backend/jax_conv.py", "jax.extend.core"): "the same",
-    ("kdg/distribution.py", "._getframe"):
-        "training or evaluation batches, told apart by the Keras method that asks",
-    ("kdg/distribution.py", "._is_multi_process"): "multi-host sharding of training batches",
-    ("kdg/distribution.py", "._process_id"): "the same",
     ("kdg/optimizers.py", "._get_variable_index"):
         "TorchAdam updates Keras' Adam's own moment variables (same saved layout)",
     ("kdg/optimizers.py", "._momentums"): "the same",

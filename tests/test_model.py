@@ -6,7 +6,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import BACKEND, init_params, make_data, softmax_regression, weights
+from conftest import (BACKEND, domain_batch, init_params, make_data, softmax_regression,
+                      train_on_domains, weights)
 
 import kdg
 import reference as ref
@@ -41,7 +42,7 @@ def test_subclassed_model_trains_like_the_reference(data, params):
     model(x[0])  # build
     model.head.set_weights(params)
     for _ in range(2):
-        model.train_on_batch(x, y)
+        train_on_domains(model, x, y)
     for got, want in zip(weights(model), expected_erm(params, x, y, 2)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
@@ -53,7 +54,7 @@ def test_wrapping_a_built_model_shares_its_weights(data, params):
     existing.layers[-1].set_weights(params)
     model = compile(kdg.wrap(existing, algorithm=Fish(meta_lr=1.0)))
     for _ in range(2):
-        model.train_on_batch(x, y)
+        train_on_domains(model, x, y)
     expected = params
     for _ in range(2):
         expected = ref.fish_step(expected, x, y, lambda p, g: ref.sgd(p, g, 0.1), meta_lr=1.0)
@@ -71,12 +72,12 @@ def test_wrapping_a_keras_hub_classifier():
     )
     classifier = keras_hub.models.ImageClassifier(backbone=backbone, num_classes=3, preprocessor=None)
     before = [np.array(w) for w in classifier.get_weights()]
-    model = kdg.wrap(classifier, algorithm=CorGrad(n_parts=2), freeze_bn=True)
+    model = kdg.wrap(classifier, algorithm=CorGrad(n_parts=2), freeze_bn=True, num_domains=2)
     compile(model, lr=0.01)
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(2, 4, 16, 16, 3)).astype("float32")
     y = rng.integers(0, 3, size=(2, 4)).astype("int32")
-    logs = model.fit(tf.data.Dataset.from_tensors((x, y)).repeat(2), verbose=0).history
+    logs = model.fit(tf.data.Dataset.from_tensors(domain_batch(x, y)).repeat(2), verbose=0).history
     assert np.isfinite(logs["loss"][-1]) and "modification_ratio" in logs
     after = classifier.get_weights()
     assert any(np.abs(a - b).max() > 0 for a, b in zip(after, before))
@@ -84,7 +85,8 @@ def test_wrapping_a_keras_hub_classifier():
 
 
 def test_fit_accepts_tf_data_pydataset_and_generators(data, params):
-    x, y = data
+    per_domain = data
+    x, y = domain_batch(*per_domain)
 
     class Batches(keras.utils.PyDataset):
         def __len__(self):
@@ -102,9 +104,9 @@ def test_fit_accepts_tf_data_pydataset_and_generators(data, params):
         dict(x=Batches()),
         dict(x=generator(), steps_per_epoch=2),
     ]
-    expected = expected_erm(params, x, y, 2)
+    expected = expected_erm(params, *per_domain, 2)
     for kwargs in sources:
-        model = softmax_regression(ERM(), params)
+        model = softmax_regression(ERM(), params, num_domains=3)
         model.fit(verbose=0, **kwargs)
         for got, want in zip(weights(model), expected):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -112,10 +114,11 @@ def test_fit_accepts_tf_data_pydataset_and_generators(data, params):
 
 def test_metrics_and_evaluate_predict_take_ordinary_batches(data, params):
     x, y = data
-    model = compile(kdg.DGModel(keras.Input((5,)), None) if False else Net(), lr=0.5)
+    model = compile(Net(num_domains=3), lr=0.5)
     model(x[0])
     model.head.set_weights(params)
-    history = model.fit(tf.data.Dataset.from_tensors((x, y)).repeat(30), verbose=0).history
+    history = model.fit(tf.data.Dataset.from_tensors(domain_batch(x, y)).repeat(30),
+                        verbose=0).history
     assert set(history) >= {"loss", "accuracy"}
     flat_x, flat_y = x.reshape(-1, 5), y.reshape(-1)
     results = model.evaluate(flat_x, flat_y, verbose=0, return_dict=True)
@@ -134,7 +137,7 @@ def test_save_and_load_round_trip(tmp_path, data, params, algorithm):
     x, y = data
     model = softmax_regression(algorithm, params, keras.optimizers.Adam(0.01), l2_weight_decay=1e-3,
                                freeze_bn=True, seed=11)
-    model.train_on_batch(x, y)
+    train_on_domains(model, x, y)
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = keras.models.load_model(path)
@@ -145,7 +148,7 @@ def test_save_and_load_round_trip(tmp_path, data, params, algorithm):
         np.testing.assert_array_equal(a, b)
     # training goes on exactly as it would have without the round trip
     for m in (model, loaded):
-        m.train_on_batch(x, y)
+        train_on_domains(m, x, y)
     for a, b in zip(weights(loaded), weights(model)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
@@ -155,7 +158,7 @@ def test_save_and_load_subclassed_and_wrapped(tmp_path, data):
     keras.saving.register_keras_serializable("tests")(Net)
     for model in (compile(Net(algorithm=Fish())), compile(kdg.wrap(
             keras.Sequential([keras.Input((5,)), keras.layers.Dense(4)]), algorithm="corgrad"))):
-        model.train_on_batch(x, y)
+        train_on_domains(model, x, y)
         model.save(tmp_path / "m.keras")
         loaded = keras.models.load_model(tmp_path / "m.keras")
         assert loaded.algorithm == model.algorithm
@@ -168,7 +171,8 @@ def batchnorm_dropout_model(algorithm, freeze_bn):
     h = keras.layers.BatchNormalization(name="bn")(h)
     h = keras.layers.Dropout(0.3, seed=1)(h)
     outputs = keras.layers.Dense(4, name="head")(h)
-    return compile(kdg.DGModel(inputs, outputs, algorithm=algorithm, freeze_bn=freeze_bn, seed=0), lr=0.05)
+    return compile(kdg.DGModel(inputs, outputs, algorithm=algorithm, freeze_bn=freeze_bn, seed=0,
+                               num_domains=3), lr=0.05)
 
 
 @pytest.mark.parametrize("algorithm", ["erm", "fish", "corgrad", "ggal"])
@@ -177,7 +181,8 @@ def test_batchnorm_and_dropout_train(data, algorithm):
     model = batchnorm_dropout_model(algorithm, freeze_bn=False)
     bn = model.get_layer("bn")
     mean_before = np.array(bn.moving_mean)
-    history = model.fit(tf.data.Dataset.from_tensors((x, y)).repeat(5), verbose=0).history
+    history = model.fit(tf.data.Dataset.from_tensors(domain_batch(x, y)).repeat(5),
+                        verbose=0).history
     assert np.isfinite(history["loss"]).all()
     assert np.abs(np.array(bn.moving_mean) - mean_before).max() > 1e-4  # statistics updated
 
@@ -188,7 +193,7 @@ def test_frozen_batchnorm_keeps_statistics_and_trains_gamma_beta(data):
     bn = model.get_layer("bn")
     stats = [np.array(bn.moving_mean), np.array(bn.moving_variance)]
     affine = [np.array(bn.gamma), np.array(bn.beta)]
-    model.fit(tf.data.Dataset.from_tensors((x, y)).repeat(3), verbose=0)
+    model.fit(tf.data.Dataset.from_tensors(domain_batch(x, y)).repeat(3), verbose=0)
     np.testing.assert_array_equal(np.array(bn.moving_mean), stats[0])
     np.testing.assert_array_equal(np.array(bn.moving_variance), stats[1])
     assert np.abs(np.array(bn.gamma) - affine[0]).max() > 0
@@ -199,22 +204,26 @@ def test_frozen_batchnorm_keeps_statistics_and_trains_gamma_beta(data):
 
 
 def test_bad_batches_get_clear_errors(params):
-    x, y = make_data()
-    model = softmax_regression(CorGrad(), params)
-    with pytest.raises(ValueError, match=r"expected x of shape \(D, B, \.\.\.\).*got x of shape \(24, 5\)"):
-        model.train_on_batch(x.reshape(24, 5), y.reshape(24))
+    x, y = domain_batch(*make_data())  # (24, 5), (24,)
+    model = softmax_regression(CorGrad(), params, num_domains=3)
+    # a stacked (D, B, ...) batch, as kdg 0.1 took them
+    with pytest.raises(ValueError, match=r"expected x of shape \(N, \.\.\.\) and y of shape "
+                                         r"\(N,\); got x of shape \(3, 8, 5\) and y of shape "
+                                         r"\(3, 8\).*interleave_domains"):
+        model.train_on_batch(x.reshape(3, 8, 5), y.reshape(3, 8))
     with pytest.raises(ValueError, match=r"labels must be integers.*float32"):
-        softmax_regression(ERM(), params).train_on_batch(x, y.astype("float32"))
-    with pytest.raises(ValueError, match=r"CorGrad compares the gradients of pairs.*D=1"):
-        softmax_regression(CorGrad(), params).train_on_batch(x[:1], y[:1])
-    with pytest.raises(ValueError, match=r"x of shape \(D, B, \.\.\.\) and y of shape \(D, B\).*\(3, 7\)"):
-        softmax_regression(ERM(), params).train_on_batch(x, y[:, :7])
+        softmax_regression(ERM(), params, num_domains=3).train_on_batch(x, y.astype("float32"))
+    with pytest.raises(ValueError, match=r"CorGrad compares the gradients of pairs.*num_domains=1"):
+        softmax_regression(CorGrad(), params, num_domains=1).train_on_batch(x, y)
+    with pytest.raises(ValueError, match=r"x of shape \(N, \.\.\.\) and y of shape \(N,\).*"
+                                         r"\(24, 5\) and y of shape \(21,\)"):
+        softmax_regression(ERM(), params, num_domains=3).train_on_batch(x, y[:21])
 
 
 def test_erm_accepts_a_single_domain(params):
     x, y = make_data(num_domains=1)
     model = softmax_regression(ERM(), params)
-    model.train_on_batch(x, y)
+    train_on_domains(model, x, y)
     for got, want in zip(weights(model), expected_erm(params, x, y, 1)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
@@ -233,7 +242,7 @@ def test_train_step_compiles_with_xla(data, params, algorithm):
     reference.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS, jit_compile=False)
     for m in (model, reference):
         for _ in range(3):
-            m.train_on_batch(x, y)
+            train_on_domains(m, x, y)
     assert model.jit_compile and not reference.jit_compile
     for a, b in zip(weights(model), weights(reference)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -259,9 +268,9 @@ def test_the_first_step_is_traced_once(data, params, optimizer):
     x, y = data
     algorithm = CountingERM()
     model = softmax_regression(algorithm, params, optimizer=optimizer(0.1))
-    model.train_on_batch(x, y)
+    train_on_domains(model, x, y)
     assert algorithm.calls == 1
-    model.train_on_batch(x, y)  # run again on PyTorch (eager), not traced again elsewhere
+    train_on_domains(model, x, y)  # run again on PyTorch (eager), not traced again elsewhere
     assert algorithm.calls == (2 if BACKEND == "torch" else 1)
 
 
@@ -288,7 +297,7 @@ def test_the_per_domain_passes_are_traced_once_on_tensorflow(data):
         model = compile(CountingNet(counter, algorithm=algorithm))
         model(x[0])  # build
         counter.calls = 0
-        model.train_on_batch(x, y)
+        train_on_domains(model, x, y)
         counts[name] = counter.calls
     assert counts["erm"] >= 1
     passes = 1 if BACKEND == "tensorflow" else len(y)

@@ -8,7 +8,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from conftest import make_data
+from conftest import domain_batch, make_data
 
 import kdg
 from kdg import training
@@ -69,10 +69,10 @@ def test_load_a_plain_models_weights_file(tmp_path):
 def trained(steps, **kwargs):
     x, y = make_data()
     model = network(kdg.DGModel, algorithm=GGA(start_step=2, end_step=3, trials=3), seed=3,
-                    **kwargs)
+                    num_domains=3, **kwargs)
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss=LOSS)
     if steps:
-        model.fit(((x, y) for _ in range(steps)), steps_per_epoch=steps, epochs=1, verbose=0)
+        model.fit((domain_batch(x, y) for _ in range(steps)), steps_per_epoch=steps, epochs=1, verbose=0)
     return model, x, y
 
 
@@ -85,7 +85,7 @@ def test_save_and_load_model_keep_the_step_counter(tmp_path):
     assert int(keras.ops.convert_to_numpy(loaded.dg_step)) == 2
     logs = {}
     for m in (model, loaded):
-        history = m.fit(((x, y) for _ in range(3)), steps_per_epoch=1, epochs=3, verbose=0)
+        history = m.fit((domain_batch(x, y) for _ in range(3)), steps_per_epoch=1, epochs=3, verbose=0)
         logs[id(m)] = history.history["gga_accepted"]
     # steps 2 and 3 search, step 4 is past the window: on both
     assert logs[id(model)] == logs[id(loaded)]
@@ -139,7 +139,7 @@ def test_a_model_saved_with_the_counter_among_its_variables_loads(tmp_path):
 def head_only(algorithm):
     inputs = keras.Input((5,))
     model = kdg.DGModel(inputs, keras.layers.Dense(4, name="head")(inputs),
-                        algorithm=algorithm)
+                        algorithm=algorithm, num_domains=3)
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
     return model
 
@@ -151,7 +151,7 @@ def test_gga_refuses_a_model_without_features_before_any_step():
     before = model.get_weights()
     x, y = make_data()
     with pytest.raises(ValueError) as error:
-        model.fit(((x, y) for _ in range(2)), steps_per_epoch=2, epochs=1, verbose=0)
+        model.fit((domain_batch(x, y) for _ in range(2)), steps_per_epoch=2, epochs=1, verbose=0)
     message = str(error.value)
     assert "perturb='features'" in message and "perturb='all'" in message
     assert "'head'" in message
@@ -175,5 +175,5 @@ def test_gga_check_model_names_the_variables():
 def test_gga_on_a_head_only_model_trains_with_perturb_all():
     model = head_only(GGA(start_step=0, end_step=1, trials=2, rho=0.1, perturb="all"))
     x, y = make_data()
-    history = model.fit(((x, y) for _ in range(2)), steps_per_epoch=2, epochs=1, verbose=0)
+    history = model.fit((domain_batch(x, y) for _ in range(2)), steps_per_epoch=2, epochs=1, verbose=0)
     assert not np.isnan(history.history["gga_cos_after"][0])

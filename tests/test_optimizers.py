@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 import torch
-from conftest import BACKEND, init_params, make_data
+from conftest import BACKEND, domain_batch, init_params, make_data
 
 import kdg
 from kdg import optimizers, recipes, training
@@ -83,7 +83,8 @@ def test_torch_adamw_is_pytorchs_update():
 def regression_model(optimizer, params, l2=0.0):
     inputs = keras.Input((params[0].shape[0],))
     outputs = keras.layers.Dense(params[0].shape[1], name="head")(inputs)
-    model = kdg.DGModel(inputs, outputs, algorithm="erm", l2_weight_decay=l2, seed=0)
+    model = kdg.DGModel(inputs, outputs, algorithm="erm", l2_weight_decay=l2, seed=0,
+                        num_domains=3)
     model.get_layer("head").set_weights(params)
     model.compile(optimizer=optimizer, loss=LOSS)
     return model
@@ -119,7 +120,7 @@ def test_a_model_trains_as_with_torch_optim(kind):
     else:
         model = regression_model(optimizers.TorchAdam(lr, amsgrad=True), params)
         make = lambda p: torch.optim.Adam(p, lr=lr, amsgrad=True)
-    model.fit(((x, y) for _ in range(steps)), steps_per_epoch=steps, epochs=1, verbose=0)
+    model.fit((domain_batch(x, y) for _ in range(steps)), steps_per_epoch=steps, epochs=1, verbose=0)
     want = torch_optim_run(params, x, y, steps, make)
     got = model.get_layer("head").get_weights()
     for g, w, p in zip(got, want, params):
@@ -148,13 +149,13 @@ def test_stateless_apply_is_apply():
 def test_saved_model_resumes_with_the_same_optimizer(tmp_path, cls):
     x, y = make_data()
     model = regression_model(cls(0.05), init_params())
-    model.fit(((x, y) for _ in range(3)), steps_per_epoch=3, epochs=1, verbose=0)
+    model.fit((domain_batch(x, y) for _ in range(3)), steps_per_epoch=3, epochs=1, verbose=0)
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
     assert type(loaded.optimizer) is cls
     assert loaded.optimizer.get_config() == model.optimizer.get_config()
     for m in (model, loaded):
-        m.fit(((x, y) for _ in range(2)), steps_per_epoch=2, epochs=1, verbose=0)
+        m.fit((domain_batch(x, y) for _ in range(2)), steps_per_epoch=2, epochs=1, verbose=0)
     for a, b in zip(model.get_weights(), loaded.get_weights()):
         np.testing.assert_array_equal(a, b)
 

@@ -11,7 +11,7 @@ import hashlib
 import keras
 import numpy as np
 import pytest
-from conftest import init_params, make_data, softmax_regression, weights
+from conftest import init_params, make_data, softmax_regression, train_on_domains, weights
 from test_random import fold_in, normal, uniform
 
 import kdg
@@ -30,7 +30,7 @@ def key_of_step(step, seed=SEED):
 
 
 def train(model, x, y, steps):
-    return [model.train_on_batch(x, y, return_dict=True) for _ in range(steps)]
+    return [train_on_domains(model, x, y, return_dict=True) for _ in range(steps)]
 
 
 # -- Fish ----------------------------------------------------------------------

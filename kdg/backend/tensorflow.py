@@ -49,31 +49,3 @@ def stateful_cond(pred, true_fn, false_fn, variables):
 class TrainStep:
     def train_step(self, data):
         return self._dg_train_step(data)
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # tf.data specs from Python generators and PyDatasets leave the first
-        # axis (here: the number of domains D) unknown; the algorithms unroll
-        # over domains, so D is read from a batch the adapter already holds.
-        batch = data_batch
-        if batch is None and iterator is not None:
-            adapter = iterator.data_adapter
-            first = getattr(adapter, "_first_batches", None)
-            if first:
-                batch = first[0]
-            elif getattr(adapter, "py_dataset", None) is not None:
-                batch = adapter.py_dataset[0]
-            elif isinstance(getattr(adapter, "_dataset", None), tf.data.Dataset):
-                batch = adapter._dataset.element_spec
-        if batch is not None and not self.built:
-            # Keras defers building to the first trace; the algorithms need
-            # the variables (and their own state) before that.
-            self._symbolic_build(data_batch=batch)
-        elif batch is not None:
-            self._dg_as_flat_batch(batch)
-        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-        self._dg_build_algorithm()
-        if self.built and self.optimizer is not None and not self.optimizer.built:
-            # Without a distribution strategy Keras leaves this to the first
-            # trace of the step; a trace that creates variables makes
-            # tf.function trace the step a second time (twice the compile).
-            self.optimizer.build(self.trainable_variables)

@@ -40,6 +40,7 @@ from keras import ops  # noqa: E402
 
 from kdg.algorithms import ERM, GGA, GGAL, CorGrad, Fish  # noqa: E402
 from kdg.algorithms.base import Algorithm  # noqa: E402
+from kdg import layout  # noqa: E402
 from kdg.bench import measure, suite  # noqa: E402
 from kdg.ops import cosine_stats  # noqa: E402
 
@@ -84,6 +85,7 @@ def build_model(config, algorithm):
         config["model"], int(config["num_classes"]), (size, size, channels),
         pretrained=False, algorithm=algorithm, freeze_bn=True, seed=int(config["seed"]),
     )
+    model.num_domains = int(config["domains"])
     jit = config.get("jit_compile", "auto")
     model.compile(
         optimizer=keras.optimizers.Adam(float(config["lr"]), epsilon=1e-8),
@@ -222,6 +224,7 @@ def run(config):
     x, y = measure.make_batch(int(config["domains"]), int(config["batch"]),
                               int(config["image_size"]), int(config["channels"]),
                               int(config["num_classes"]), int(config["seed"]))
+    x, y = layout.interleave_domains((x, y))  # the training batch the model takes
     names = suite.timed(config["algorithms"])
     kind, description = device()
     result = {

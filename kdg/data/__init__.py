@@ -7,8 +7,12 @@ Start with :func:`load`::
     ds = data.load("RotatedDigits")                # offline, small
     train = [d for d in range(len(ds.domains)) if d != 0]
     batches = ds.train_batches(train, batch_size=32, seed=0)
-    x, y = next(iter(batches))                     # (D, B, H, W, C), (D, B)
+    x, y = next(iter(batches))                     # (D*B, H, W, C), (D*B,): kdg.layout
     test = ds.eval_batches(ds.split(0, "in"))      # finite, not augmented
+
+Your own data: :func:`domain_batches` makes the same stream from D datasets
+(or ``(x, y)`` array pairs), :func:`interleave_domains` one batch from D
+per-domain minibatches, :func:`split_domains` takes one apart.
 
 Modules: :mod:`~kdg.data.registry` (dataset descriptions),
 :mod:`~kdg.data.dataset` (:func:`load`, :class:`DGDataset`),
@@ -29,9 +33,10 @@ from kdg.data.errors import (
     DatasetNotFoundError,
     DownloadError,
 )
-from kdg.data.pipeline import Batches
+from kdg.data.pipeline import Batches, domain_batches
 from kdg.data.registry import DATASETS, DatasetInfo, dataset_names, get_info
 from kdg.data.splits import Split, seed_hash, split_indices
+from kdg.layout import interleave_domains, split_domains
 
 __all__ = [
     "DATASETS",
@@ -51,11 +56,14 @@ __all__ = [
     "Split",
     "check_layout",
     "dataset_names",
+    "domain_batches",
     "download",
     "fetch",
     "format_report",
     "get_info",
+    "interleave_domains",
     "load",
     "seed_hash",
+    "split_domains",
     "split_indices",
 ]

@@ -119,8 +119,10 @@ class DGDataset:
                       seed: int = 0) -> Batches:
         """Infinite training batches over the *in* splits of ``domains``.
 
-        Yields ``x`` of shape ``(D, B, *input_shape)`` float32 and ``y`` of
-        shape ``(D, B)`` int32, D = ``len(domains)``. An item of ``domains``
+        Yields kdg's training batches (:mod:`kdg.layout`): ``x`` of shape
+        ``(D*B, *input_shape)`` float32 and ``y`` of shape ``(D*B,)`` int32,
+        example b of domain d at index ``b*D + d``, D = ``len(domains)``
+        (the batches' ``num_domains``). An item of ``domains``
         may also be a :class:`Split`, used as is. Augmented when
         ``self.augment``. The same ``seed`` gives the same stream.
         """

@@ -2,8 +2,11 @@
 
 * :func:`train_batches`: one infinite stream per training domain (shuffled,
   reshuffled on every pass, repeated, batches of ``B`` with the remainder
-  dropped), zipped and stacked into ``x`` of shape ``(D, B, H, W, C)``
-  float32 and ``y`` of shape ``(D, B)`` int32.
+  dropped), zipped and interleaved into kdg's training batches
+  (:mod:`kdg.layout`): ``x`` of shape ``(D*B, H, W, C)`` float32 and ``y``
+  of shape ``(D*B,)`` int32, example b of domain d at index ``b*D + d``.
+* :func:`domain_batches`: the same kind of stream from your own D datasets
+  or arrays.
 * :func:`eval_batches`: finite ``(B, H, W, C)`` batches in split order,
   never augmented.
 
@@ -33,6 +36,7 @@ from kdg.data.augment import (
 )
 from kdg.data.errors import CorruptImageError
 from kdg.data.splits import Split, seed_hash
+from kdg.layout import _interleave
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -101,14 +105,18 @@ class Batches:
         dataset: the underlying ``tf.data.Dataset`` of ``(x, y)`` tensors.
         num_batches: number of batches, or ``None`` for an infinite stream.
         check: the ``kdg data check`` command a bad-image message suggests.
+        num_domains: D for training batches (`kdg.DGModel.fit` takes it from
+            here), None for evaluation batches.
     """
 
     check: str | None = None
 
     def __init__(self, dataset: tf.data.Dataset, num_batches: int | None,
-                 find_corrupt: Callable[[], list[tuple[str, str]]]):
+                 find_corrupt: Callable[[], list[tuple[str, str]]],
+                 num_domains: int | None = None):
         self.dataset = dataset
         self.num_batches = num_batches
+        self.num_domains = num_domains
         self._find_corrupt = find_corrupt
 
     def __len__(self) -> int:
@@ -196,7 +204,8 @@ def _train_stream(source: Source, split: Split, batch_size: int,
 
 def train_batches(streams: Sequence[tuple[Source, Split]], batch_size: int = 32, *,
                   policy: ImagePolicy | None = None, seed: int = 0) -> Batches:
-    """Infinite training batches: ``x`` ``(D, B, H, W, C)`` float32, ``y`` ``(D, B)`` int32.
+    """Infinite training batches: ``x`` ``(D*B, H, W, C)`` float32, ``y``
+    ``(D*B,)`` int32, laid out as :mod:`kdg.layout` says (``num_domains`` = D).
 
     Args:
         streams: one ``(source, split)`` per training domain, in output order.
@@ -214,12 +223,57 @@ def train_batches(streams: Sequence[tuple[Source, Split]], batch_size: int = 32,
         for source, split in streams
     )
 
-    def stack(*batches):
-        return (tf.stack([x for x, _ in batches]),
-                tf.stack([tf.cast(y, tf.int32) for _, y in batches]))
+    dataset = tf.data.Dataset.zip(per_domain).map(_interleave_batches).prefetch(AUTOTUNE)
+    return Batches(dataset, None, lambda: _find_all_corrupt(streams), num_domains=len(streams))
 
-    dataset = tf.data.Dataset.zip(per_domain).map(stack).prefetch(AUTOTUNE)
-    return Batches(dataset, None, lambda: _find_all_corrupt(streams))
+
+def _interleave_batches(*batches):
+    """D per-domain ``(x, y)`` minibatches -> one training batch (kdg.layout)."""
+    return (tf.nest.map_structure(lambda *xs: _interleave(list(xs), tf),
+                                  *[x for x, _ in batches]),
+            _interleave([tf.cast(y, tf.int32) for _, y in batches], tf))
+
+
+def domain_batches(per_domain, batch_size: int = 32, *, seed: int = 0,
+                   shuffle: bool = True, shuffle_buffer: int = 10_000) -> Batches:
+    """kdg's training batches from your own data: an infinite stream of
+    ``(x, y)`` batches of B examples of each of D domains, laid out as
+    `kdg.DGModel` expects (:mod:`kdg.layout`), which ``model.fit(batches)``
+    takes as it is (it sets the model's ``num_domains``).
+
+    Args:
+        per_domain: one entry per training domain, in order: a
+            ``tf.data.Dataset`` of single ``(x, y)`` examples, or an
+            ``(x, y)`` pair of arrays (x of shape (n, ...), y of shape (n,)).
+        batch_size: ``B``, examples per domain and step.
+        seed: seeds the shuffling (domain d's stream with ``seed + d``).
+        shuffle: shuffle each domain's examples, again on every pass.
+        shuffle_buffer: shuffle buffer for a dataset of unknown size
+            (arrays and datasets of known size are shuffled in full).
+
+    Each domain's examples repeat forever, in batches of B with the
+    remainder dropped; give ``fit`` a ``steps_per_epoch``.
+    """
+    if isinstance(per_domain, tf.data.Dataset) or not per_domain:
+        raise ValueError("domain_batches: give a list with one dataset (or (x, y) pair of "
+                         "arrays) per training domain.")
+    if batch_size < 1:
+        raise ValueError(f"domain_batches: batch_size must be positive, got {batch_size}")
+    streams = []
+    for d, data in enumerate(per_domain):
+        if not isinstance(data, tf.data.Dataset):
+            if not (isinstance(data, (tuple, list)) and len(data) == 2):
+                raise ValueError(
+                    f"domain_batches: domain {d} is a {type(data).__name__}; give a "
+                    "tf.data.Dataset of (x, y) examples or an (x, y) pair of arrays.")
+            data = tf.data.Dataset.from_tensor_slices(tuple(data))
+        size = int(data.cardinality())
+        if shuffle:
+            buffer = size if size > 0 else shuffle_buffer
+            data = data.shuffle(buffer, seed=seed + d, reshuffle_each_iteration=True)
+        streams.append(data.repeat().batch(batch_size, drop_remainder=True))
+    dataset = tf.data.Dataset.zip(tuple(streams)).map(_interleave_batches).prefetch(AUTOTUNE)
+    return Batches(dataset, None, lambda: [], num_domains=len(streams))
 
 
 def eval_batches(source: Source, split: Split, batch_size: int = 64, *,

@@ -314,10 +314,11 @@ def test_gga_search_is_one_loop_in_the_traced_step():
     outputs = keras.layers.Dense(3, name="head")(h)
     import kdg
 
-    model = kdg.DGModel(inputs, outputs, algorithm=GGA(start_step=0, trials=5), seed=0)
+    model = kdg.DGModel(inputs, outputs, algorithm=GGA(start_step=0, trials=5), seed=0,
+                        num_domains=2)
     model.compile(optimizer="adam",
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    x, y = measure.make_batch(2, 4, 6, 1, 3)
+    x, y = kdg.layout.interleave_domains(measure.make_batch(2, 4, 6, 1, 3))
     model.train_on_batch(x, y)
     structure = run.loop_structure(model, x, y)
     assert structure["one_compiled_loop"], structure

@@ -1,4 +1,4 @@
-"""Models from kdg.models.build train with kdg.DGModel on (D, B, ...) batches;
+"""Models from kdg.models.build train with kdg.DGModel on kdg's training batches;
 with freeze_bn=True BatchNorm's moving statistics stay as loaded while gamma
 and beta train."""
 
@@ -28,10 +28,11 @@ def tiny_preset(tmp_path_factory):
 
 
 def batch(shape, num_domains=2, per_domain=4, classes=3, seed=0):
+    """One training batch of `num_domains` domains (kdg.layout's order)."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(num_domains, per_domain) + shape).astype("float32")
     y = rng.integers(0, classes, size=(num_domains, per_domain)).astype("int32")
-    return x, y
+    return kdg.layout.interleave_domains((x, y))
 
 
 def bn_layers(model):
@@ -43,9 +44,10 @@ def snapshot(variables):
     return [keras.ops.convert_to_numpy(v).copy() for v in variables]
 
 
-def train_one_step(model, x, y):
+def train_one_step(model, x, y, num_domains=2):
     model.compile(optimizer=keras.optimizers.Adam(1e-2),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.num_domains = num_domains
     logs = model.train_on_batch(x, y, return_dict=True)
     assert np.isfinite(logs["loss"])
 
@@ -78,7 +80,7 @@ def test_freeze_bn_keeps_moving_statistics(tiny_preset, freeze_bn):
 def test_mnist_cnn_trains_one_step():
     model = kdg.models.build("mnist_cnn", 2, (14, 14, 2), algorithm="fish", seed=0)
     before = snapshot(model.trainable_variables)
-    train_one_step(model, *batch((14, 14, 2), num_domains=3, classes=2))
+    train_one_step(model, *batch((14, 14, 2), num_domains=3, classes=2), num_domains=3)
     after = snapshot(model.trainable_variables)
     assert all(not np.array_equal(a, b) for a, b in zip(before, after))
 
