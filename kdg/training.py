@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import resource
 import time
 from pathlib import Path
@@ -51,15 +50,8 @@ def save_checkpoint(model, path: Path, step: int, extra: dict | None = None) -> 
     from keras import ops
 
     arrays = {f"v{i}": ops.convert_to_numpy(v) for i, v in enumerate(state_variables(model))}
-    tmp = path.with_name(path.name + ".tmp.npz")
-    try:
+    with folder.replacing(path, ".npz") as tmp:  # the previous checkpoint stays if it fails
         np.savez(tmp, step=np.int64(step), extra=np.array(json.dumps(extra or {})), **arrays)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # the previous checkpoint stays as it was
-        raise
 
 
 def load_checkpoint(model, path: Path) -> tuple[int, dict]:
@@ -87,21 +79,6 @@ def load_checkpoint(model, path: Path) -> tuple[int, dict]:
     for v, value in zip(variables, values):
         v.assign(value)
     return step, extra
-
-
-def _read_results(path: Path, upto: int) -> list[dict]:
-    """The records of steps <= upto; a truncated last line (a killed run) is dropped."""
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record["step"] <= upto:
-            records.append(record)
-    return records
 
 
 def _peak_memory_gb() -> float:
@@ -281,7 +258,8 @@ def _run_locked(recipe, dataset, model, test_envs, out: Path, say, console) -> d
     resume = (f": it continues from step {start}, its last checkpoint" if start else
               ": it starts again from step 0")
     results_path = out / folder.RESULTS
-    kept = _read_results(results_path, start)
+    # the records up to the checkpoint; bad lines are dropped (run_folder's policy)
+    kept = [r for r in folder.read_results(results_path).records if r["step"] <= start]
     with folder.writing(results_path, resume):
         folder.atomic_write(results_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
@@ -352,14 +330,9 @@ def _run_locked(recipe, dataset, model, test_envs, out: Path, say, console) -> d
                 })
             resume = f": it continues from step {step}, its last checkpoint"
 
-    tmp = out / "model.tmp.keras"
-    with folder.writing(out / folder.MODEL, resume):
-        try:
-            model.save(tmp)
-            os.replace(tmp, out / folder.MODEL)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+    with folder.writing(out / folder.MODEL, resume), \
+            folder.replacing(out / folder.MODEL, ".keras") as tmp:
+        model.save(tmp)
     with folder.writing(out / folder.DONE, resume):
         folder.atomic_write(out / folder.DONE, (json.dumps(record) + "\n").encode())
     say(f"[green]done[/]: {out}")

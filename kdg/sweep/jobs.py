@@ -51,16 +51,14 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from kdg import recipes
+from kdg import recipes, run_folder
 from kdg.sweep import space as space_lib
 from kdg.sweep.spec import Sweep, SweepError, normalize_algorithm
 
 LOCK = "running.json"
 ERROR = "error.txt"
-DONE = "done"
 STDOUT = "stdout.txt"
 STDERR = "stderr.txt"
-RECIPE = "recipe.yaml"
 HEARTBEAT_S = 5.0          # the launcher touches the lock this often
 HEARTBEAT_STALE_S = 60.0   # a lock untouched for this long belongs to nobody
 
@@ -450,9 +448,7 @@ def update_lock(directory: Path, **fields) -> None:
     info = read_lock(directory) or {}
     info.pop("mtime", None)
     info.update(fields)
-    tmp = directory / (LOCK + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, directory / LOCK)
+    run_folder.atomic_write(directory / LOCK, json.dumps(info).encode())
 
 
 def release_lock(directory: Path) -> None:
@@ -475,21 +471,16 @@ class JobStatus:
 
 
 def last_step(directory: Path) -> int | None:
+    """The job's last evaluated step (bad lines skipped as everywhere: run_folder)."""
     try:
-        lines = (directory / "results.jsonl").read_text().splitlines()
+        return run_folder.read_results(directory / run_folder.RESULTS).last_step
     except OSError:
         return None
-    for line in reversed(lines):
-        try:
-            return int(json.loads(line)["step"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return None
 
 
 def has_progress(directory: Path) -> bool:
     """Has the job trained at all (an evaluation or a checkpoint)?"""
-    return last_step(directory) is not None or (directory / "checkpoint.npz").exists()
+    return last_step(directory) is not None or (directory / run_folder.CHECKPOINT).exists()
 
 
 def error_summary(directory: Path) -> str:
@@ -511,7 +502,7 @@ def error_summary(directory: Path) -> str:
 def job_status(job: Job | Path) -> JobStatus:
     directory = job.directory if isinstance(job, Job) else Path(job)
     step = last_step(directory)
-    if (directory / DONE).exists():
+    if run_folder.is_done(directory):
         return JobStatus("done", step)
     info = read_lock(directory)
     if lock_alive(info, directory):
