@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-BACKENDS = ("jax", "tensorflow", "torch")
+from kdg.recipes import BACKENDS
 
 
 def _console():

@@ -122,7 +122,7 @@ def build_model(recipe: recipes.Recipe, dataset):
     try:
         model._dg_build_algorithm()
     except ValueError as error:  # the algorithm cannot train this model (GGA's perturb, say)
-        raise recipes.RecipeError(f"invalid recipe:\n  - algorithm: {error}") from None
+        raise recipes.invalid(f"algorithm: {error}") from None
     return model
 
 

@@ -53,7 +53,8 @@ import yaml
 
 from kdg import recipes, run_folder
 from kdg.sweep import space as space_lib
-from kdg.sweep.spec import Sweep, SweepError, normalize_algorithm
+from kdg.algorithm_names import normalize as normalize_name
+from kdg.sweep.spec import Sweep, SweepError
 
 LOCK = "running.json"
 ERROR = "error.txt"
@@ -181,8 +182,8 @@ def _algorithm_sections(sweep: Sweep) -> list[dict]:
     sections = []
     for entry in entries:
         entry = {"name": entry} if isinstance(entry, str) else dict(entry)
-        name = normalize_algorithm(entry["name"])
-        section = dict(base) if normalize_algorithm(base.get("name")) == name else {}
+        name = normalize_name(entry["name"])
+        section = dict(base) if normalize_name(base.get("name")) == name else {}
         section.update(entry)
         section["name"] = name
         sections.append(section)
@@ -223,7 +224,7 @@ def expand_jobs(sweep: Sweep) -> list[Job]:
                                  dataset["name"])
         for algorithm in _algorithm_sections(sweep):
             name = algorithm["name"]
-            overrides = {normalize_algorithm(k): v for k, v in spec.search_space.items()}
+            overrides = {normalize_name(k): v for k, v in spec.search_space.items()}
             search = space_lib.space_for(name, overrides, spec.default_space)
             for envs in env_sets:
                 for h in range(spec.n_hparams):
@@ -283,7 +284,7 @@ def check_jobs(jobs: Sequence[Job]) -> dict[Job, str]:
                               count_devices=False)
             check_output_dir(job.directory)
         except (recipes.RecipeError, RunError) as error:
-            problems[job] = str(error).replace("invalid recipe:\n  - ", "").replace(
+            problems[job] = str(error).replace(recipes.INVALID, "").replace(
                 "\n  - ", "; ")
     return problems
 
@@ -327,7 +328,7 @@ def _matches(job: Job, key: str, value: str) -> bool:
     if field_name == "dataset":
         return job.dataset.lower() == value.lower()
     if field_name == "algorithm":
-        return job.algorithm == normalize_algorithm(value)
+        return job.algorithm == normalize_name(value)
     if field_name == "test_envs":
         return job.test_envs == _parse_envs(value)
     if field_name == "key":
