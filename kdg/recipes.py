@@ -9,8 +9,8 @@ backend: jax
 output_dir: runs/gga_officehome
 ```
 
-`load_recipe(path, overrides)` reads the file, applies `--set key=value`
-overrides and validates everything it can without touching a Keras backend:
+`load_recipe(path, overrides)` reads the file and applies `--set key=value`
+overrides (`read_recipe`), then validates (`resolve`) everything it can without touching a Keras backend:
 unknown keys and wrong types (pydantic), algorithm names and
 hyperparameters, backbones. `check_dataset(recipe)` then validates the
 dataset, its root and the test domains. Every problem is reported in one
@@ -327,13 +327,25 @@ def validate(config: dict) -> Recipe:
     return recipe
 
 
-def load_recipe(path: str | Path, overrides: list[str] = (), backend: str | None = None) -> Recipe:
+def read_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
+    """A recipe file as a dict, `--set` overrides applied, `output_dir`
+    defaulting to runs/<the file's name>; not validated yet."""
     config = apply_overrides(read_yaml(path), list(overrides))
-    if backend is not None:
-        config["backend"] = backend
     if not config.get("output_dir"):
         config["output_dir"] = str(Path("runs") / Path(path).stem)
+    return config
+
+
+def resolve(config: dict, backend: str | None = None) -> Recipe:
+    """The validated Recipe of a recipe dict, on `backend` when given."""
+    if backend is not None:
+        config = {**config, "backend": backend}
     return validate(config)
+
+
+def load_recipe(path: str | Path, overrides: list[str] = (), backend: str | None = None) -> Recipe:
+    """read_recipe, then resolve: a recipe file to a validated Recipe."""
+    return resolve(read_recipe(path, overrides), backend)
 
 
 def check_dataset(recipe: Recipe):
