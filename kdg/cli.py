@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from kdg import run_folder
 from kdg.recipes import BACKENDS
 
 
@@ -41,10 +42,9 @@ def _known_errors():
     """The errors kdg reports in one message; DataError only once kdg.data
     (which imports Keras) is loaded: no DataError comes before."""
     from kdg.recipes import RecipeError
-    from kdg.run_folder import RunError
 
     data = sys.modules.get("kdg.data")
-    return (RecipeError, RunError) + ((data.DataError,) if data is not None else ())
+    return (RecipeError, run_folder.RunError) + ((data.DataError,) if data is not None else ())
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -111,7 +111,7 @@ def _run_dataset(run_dir: Path, root, path, image_size, explicit: bool):
     --image-size replace the recipe's values."""
     from kdg import recipes
 
-    config = recipes.read_yaml(run_dir / "recipe.yaml", kind="run recipe")
+    config = recipes.read_yaml(run_dir / run_folder.RECIPE, kind="run recipe")
     section = config.setdefault("dataset", {})
     section.update(_sized(str(section.get("name")), image_size, explicit))
     for key, value in (("root", root), ("path", path)):
@@ -172,10 +172,10 @@ def evaluate(model_or_run, dataset_name, root, path, domains, split, image_size,
     model_path = Path(model_or_run)
     run_dir = model_path if model_path.is_dir() else None
     if run_dir is not None:
-        model_path = model_path / "model.keras"
+        model_path = model_path / run_folder.MODEL
     if not model_path.exists():
         _fail(f"no model at {model_path}: a run directory holds model.keras once it is done.")
-    if dataset_name is None and (run_dir is None or not (run_dir / "recipe.yaml").exists()):
+    if dataset_name is None and (run_dir is None or not (run_dir / run_folder.RECIPE).exists()):
         _fail(f"{model_or_run} is not a run directory with a recipe.yaml: say which dataset to "
               "evaluate on with --dataset NAME (and --root DIR).")
     model = keras.models.load_model(model_path)
