@@ -13,7 +13,8 @@ from pathlib import Path
 
 import click
 
-BACKENDS = ("jax", "tensorflow", "torch")
+from kdg import run_folder
+from kdg.recipes import BACKENDS
 
 
 def _console():
@@ -29,40 +30,21 @@ def _fail(message: str, code: int = 2):
 
 def _use_backend(backend: str | None) -> str:
     """Set KERAS_BACKEND before Keras is imported; refuse to switch after."""
-    if backend is None:
-        backend = os.environ.get("KERAS_BACKEND")
-    if "keras" in sys.modules:
-        import keras
+    from kdg.training import RunError, use_backend
 
-        current = keras.backend.backend()
-        if backend and backend != current:
-            _fail(f"Keras is already running on {current}; cannot switch to {backend} in "
-                  "this process. Run kdg in a new process.")
-        return current
-    if backend:
-        os.environ["KERAS_BACKEND"] = backend
     try:
-        import keras
-    except ModuleNotFoundError as error:
-        # JAX and PyTorch are extras: the default install has TensorFlow only.
-        missing = {"jax": "jax", "jaxlib": "jax", "torch": "torch"}.get(error.name)
-        if missing is None:
-            raise
-        install = f"pip install -e \".[{missing}]\""
-        if missing == "torch":
-            install += (" (on a CPU-only machine: pip install -c constraints-cpu.txt -e "
-                        "\".[torch]\", without CUDA wheels)")
-        _fail(f"the {missing} backend is not installed. Install it with {install}, or "
-              "choose an installed backend with --backend or KERAS_BACKEND.")
-    return keras.backend.backend()
+        return use_backend(backend)
+    except RunError as error:
+        _fail(error)
 
 
 def _known_errors():
-    from kdg.data import DataError
+    """The errors kdg reports in one message; DataError only once kdg.data
+    (which imports Keras) is loaded: no DataError comes before."""
     from kdg.recipes import RecipeError
-    from kdg.training import RunError
 
-    return (RecipeError, RunError, DataError)
+    data = sys.modules.get("kdg.data")
+    return (RecipeError, run_folder.RunError) + ((data.DataError,) if data is not None else ())
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -105,32 +87,10 @@ def train(recipe, overrides, backend, quiet):
       kdg train recipes/fish_pacs.yaml --set dataset.test_domains=[sketch] --set training.steps=100
       kdg train recipes/corgrad_terrainc.yaml --backend torch
     """
-    from kdg import recipes as recipes_lib
-
-    try:
-        config = recipes_lib.apply_overrides(recipes_lib.read_yaml(recipe), list(overrides))
-    except recipes_lib.RecipeError as error:
-        _fail(error)
-    chosen = backend or config.get("backend")
-    if chosen is not None and chosen not in BACKENDS:
-        _fail(f"backend: {chosen!r} is not a Keras backend kdg supports; expected one of "
-              f"{', '.join(BACKENDS)}.")
-    running = _use_backend(chosen)
     from kdg import training
 
-    console = _console()
     try:
-        resolved = recipes_lib.load_recipe(recipe, overrides, backend=running)
-        dataset = recipes_lib.check_dataset(resolved)
-        recipes_lib.check_run(resolved, dataset.domains,
-                              [dataset.domain_index(d) for d in resolved.dataset.test_domains])
-    except _known_errors() as error:
-        _fail(error)
-    from rich.syntax import Syntax
-
-    console.print(Syntax(recipes_lib.dump(resolved), "yaml", theme="ansi_dark"))
-    try:
-        training.run(resolved, console=None if quiet else console, dataset=dataset)
+        training.run(recipe, overrides, backend=backend, console=_console(), quiet=quiet)
     except _known_errors() as error:
         _fail(error)
 
@@ -151,7 +111,7 @@ def _run_dataset(run_dir: Path, root, path, image_size, explicit: bool):
     --image-size replace the recipe's values."""
     from kdg import recipes
 
-    config = recipes.read_yaml(run_dir / "recipe.yaml", kind="run recipe")
+    config = recipes.read_yaml(run_dir / run_folder.RECIPE, kind="run recipe")
     section = config.setdefault("dataset", {})
     section.update(_sized(str(section.get("name")), image_size, explicit))
     for key, value in (("root", root), ("path", path)):
@@ -212,10 +172,10 @@ def evaluate(model_or_run, dataset_name, root, path, domains, split, image_size,
     model_path = Path(model_or_run)
     run_dir = model_path if model_path.is_dir() else None
     if run_dir is not None:
-        model_path = model_path / "model.keras"
+        model_path = model_path / run_folder.MODEL
     if not model_path.exists():
         _fail(f"no model at {model_path}: a run directory holds model.keras once it is done.")
-    if dataset_name is None and (run_dir is None or not (run_dir / "recipe.yaml").exists()):
+    if dataset_name is None and (run_dir is None or not (run_dir / run_folder.RECIPE).exists()):
         _fail(f"{model_or_run} is not a run directory with a recipe.yaml: say which dataset to "
               "evaluate on with --dataset NAME (and --root DIR).")
     model = keras.models.load_model(model_path)

@@ -9,8 +9,8 @@ backend: jax
 output_dir: runs/gga_officehome
 ```
 
-`load_recipe(path, overrides)` reads the file, applies `--set key=value`
-overrides and validates everything it can without touching a Keras backend:
+`load_recipe(path, overrides)` reads the file and applies `--set key=value`
+overrides (`read_recipe`), then validates (`resolve`) everything it can without touching a Keras backend:
 unknown keys and wrong types (pydantic), algorithm names and
 hyperparameters, backbones. `check_dataset(recipe)` then validates the
 dataset, its root and the test domains. Every problem is reported in one
@@ -29,11 +29,24 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from kdg.algorithm_names import normalize as normalize_name
+
+#: The Keras backends kdg runs on: the one list (the CLI, sweeps and bench read it).
 BACKENDS = ("jax", "tensorflow", "torch")
 
 
 class RecipeError(ValueError):
     """A recipe that cannot run, with every reason in the message."""
+
+
+#: The first line of every invalid recipe's message; a problem per line follows.
+INVALID = "invalid recipe:\n  - "
+
+
+def invalid(problems) -> RecipeError:
+    """The RecipeError of a recipe with `problems` (a string or a list), one a line."""
+    problems = [problems] if isinstance(problems, str) else list(problems)
+    return RecipeError(INVALID + "\n  - ".join(problems))
 
 
 class _Section(BaseModel):
@@ -95,7 +108,7 @@ class Recipe(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     algorithm: AlgorithmConfig = Field(default_factory=lambda: AlgorithmConfig(name="erm"))
     training: TrainingConfig = Field(default_factory=TrainingConfig)
-    backend: Literal["jax", "tensorflow", "torch"] | None = None
+    backend: Literal[BACKENDS] | None = None
     output_dir: str | None = None
 
     def to_dict(self) -> dict:
@@ -246,7 +259,7 @@ def _check_algorithm(config: dict, where: str, problems: list[str],
     from kdg.algorithms import ALGORITHMS
     from kdg.algorithms.base import HparamError
 
-    name = str(config.get("name", "")).lower().replace("-", "").replace("_", "")
+    name = normalize_name(config.get("name", ""))
     if name not in ALGORITHMS:
         problems.append(
             f"{where}.name: unknown algorithm {config.get('name')!r}; known: "
@@ -283,7 +296,7 @@ def build_algorithm(config: dict, total_steps: int | None = None):
     from kdg.algorithms import ALGORITHMS
 
     config = dict(config)
-    name = str(config.pop("name")).lower().replace("-", "").replace("_", "")
+    name = normalize_name(config.pop("name"))
     if "base" in config:
         base = config["base"] if isinstance(config["base"], dict) else {"name": config["base"]}
         config["base"] = build_algorithm(base, total_steps)
@@ -305,22 +318,34 @@ def validate(config: dict) -> Recipe:
     try:
         recipe = Recipe.model_validate(config)
     except ValidationError as error:
-        raise RecipeError("invalid recipe:\n  - " + "\n  - ".join(format_validation_error(error))) from None
+        raise invalid(format_validation_error(error)) from None
     problems: list[str] = []
     _check_algorithm(recipe.algorithm.model_dump(), "algorithm", problems, recipe.training.steps)
     _check_backbone(recipe.model.backbone, problems)
     if problems:
-        raise RecipeError("invalid recipe:\n  - " + "\n  - ".join(problems))
+        raise invalid(problems)
     return recipe
 
 
-def load_recipe(path: str | Path, overrides: list[str] = (), backend: str | None = None) -> Recipe:
+def read_recipe(path: str | Path, overrides: list[str] = ()) -> dict:
+    """A recipe file as a dict, `--set` overrides applied, `output_dir`
+    defaulting to runs/<the file's name>; not validated yet."""
     config = apply_overrides(read_yaml(path), list(overrides))
-    if backend is not None:
-        config["backend"] = backend
     if not config.get("output_dir"):
         config["output_dir"] = str(Path("runs") / Path(path).stem)
+    return config
+
+
+def resolve(config: dict, backend: str | None = None) -> Recipe:
+    """The validated Recipe of a recipe dict, on `backend` when given."""
+    if backend is not None:
+        config = {**config, "backend": backend}
     return validate(config)
+
+
+def load_recipe(path: str | Path, overrides: list[str] = (), backend: str | None = None) -> Recipe:
+    """read_recipe, then resolve: a recipe file to a validated Recipe."""
+    return resolve(read_recipe(path, overrides), backend)
 
 
 def check_dataset(recipe: Recipe):
@@ -334,8 +359,8 @@ def check_dataset(recipe: Recipe):
         info = data.get_info(cfg.name)
     except (KeyError, ValueError):
         names = list(data.dataset_names())
-        raise RecipeError(
-            f"invalid recipe:\n  - dataset.name: unknown dataset {cfg.name!r}; known: "
+        raise invalid(
+            f"dataset.name: unknown dataset {cfg.name!r}; known: "
             f"{', '.join(names)}, or 'custom' with dataset.path.{suggest(cfg.name, names)}"
         ) from None
     options = dict(holdout_fraction=cfg.holdout_fraction, trial_seed=recipe.training.trial_seed)
@@ -346,9 +371,9 @@ def check_dataset(recipe: Recipe):
     try:
         dataset = data.load(cfg.name, cfg.root, path=cfg.path, **options)
     except data.DataError as error:
-        raise RecipeError(f"invalid recipe:\n  - dataset: {error}") from None
+        raise invalid(f"dataset: {error}") from None
     except (TypeError, ValueError) as error:
-        raise RecipeError(f"invalid recipe:\n  - dataset: {error}") from None
+        raise invalid(f"dataset: {error}") from None
     problems = []
     for domain in cfg.test_domains:
         try:
@@ -364,11 +389,11 @@ def check_dataset(recipe: Recipe):
         problems.append("dataset.test_domains: every domain is a test domain; none is left to train on.")
     problems += _split_problems(dataset)
     if problems:
-        raise RecipeError("invalid recipe:\n  - " + "\n  - ".join(problems))
+        raise invalid(problems)
     try:
         dataset.check_images()
     except data.DataError as error:
-        raise RecipeError(f"invalid recipe:\n  - dataset: {error}") from None
+        raise invalid(f"dataset: {error}") from None
     return dataset
 
 
@@ -408,7 +433,7 @@ def _algorithm_classes(config: dict):
     from kdg.algorithms import ALGORITHMS
 
     while isinstance(config, dict):
-        name = str(config.get("name", "")).lower().replace("-", "").replace("_", "")
+        name = normalize_name(config.get("name", ""))
         if name in ALGORITHMS:
             yield ALGORITHMS[name]
         config = config.get("base")
@@ -481,7 +506,7 @@ def check_run(recipe: Recipe, domains, test_envs, count_devices: bool = True) ->
         except ValueError as error:
             problems.append(f"training.devices: {error}")
     if problems:
-        raise RecipeError("invalid recipe:\n  - " + "\n  - ".join(problems))
+        raise invalid(problems)
 
 
 def dump(recipe: Recipe) -> str:

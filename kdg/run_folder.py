@@ -1,6 +1,14 @@
-"""A run's folder: the names of its files, the lock that lets one process at
-a time write it, and writes that fail with one message naming the file and
-the fix, never losing what was already written.
+"""A run's folder: the names of its files, the one reader of its
+`results.jsonl`, the lock that lets one process at a time write it, and
+writes that fail with one message naming the file and the fix, never losing
+what was already written. Every other module names and reads these files
+through this one.
+
+`results.jsonl`'s bad-line policy (:func:`read_results`): a line that is not
+a JSON object with an integer `step` is skipped, everywhere it is read
+(resuming a run, a sweep's status, a report). A bad last line is what a run
+killed in mid-write leaves (`truncated`); a bad line elsewhere is damage
+(`bad_lines` has both). A resumed run rewrites the file without them.
 
 The lock is `fcntl.flock` on `run.lock` in the folder: the operating system
 releases it when the process ends, however it ends (even `kill -9`). The file
@@ -15,6 +23,7 @@ import os
 import socket
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 try:
@@ -28,6 +37,54 @@ CHECKPOINT = "checkpoint.npz"
 MODEL = "model.keras"
 DONE = "done"
 LOCK = "run.lock"
+
+
+@dataclass
+class Results:
+    """The records of one results.jsonl in file order, and the lines skipped."""
+
+    path: Path
+    records: list[dict] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)  # each record's line number (from 1)
+    bad_lines: list[int] = field(default_factory=list)  # the skipped lines' numbers
+    truncated: bool = False  # the last line is bad: a run killed while writing it
+
+    @property
+    def last_step(self) -> int | None:
+        return self.records[-1]["step"] if self.records else None
+
+
+def read_results(path: Path) -> Results:
+    """The records of a results.jsonl (`path`, or a run folder holding one);
+    no file gives no records. A line that is not a JSON object with an
+    integer `step` is skipped and its number kept in `bad_lines`."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS
+    out = Results(path)
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    except FileNotFoundError:
+        return out
+    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
+    for position, (lineno, line) in enumerate(numbered):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        step = record.get("step") if isinstance(record, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool):
+            out.bad_lines.append(lineno)
+            out.truncated = position == len(numbered) - 1
+            continue
+        out.records.append(record)
+        out.lines.append(lineno)
+    return out
+
+
+def is_done(directory: Path) -> bool:
+    """Has the run in `directory` finished (its `done` file written last)?"""
+    return (Path(directory) / DONE).exists()
 
 
 class RunError(RuntimeError):
@@ -108,19 +165,29 @@ def writing(path: Path, resume: str = ""):
         raise write_error(path, error, resume) from None
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace `path` by `data`, all or nothing: the old file stays intact
-    (and no temporary file is left) when the write fails."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # one per writer
+@contextmanager
+def replacing(path: Path, suffix: str = ""):
+    """Yield a temporary path beside `path` for the block to write; on
+    success it replaces `path` (fsynced, all or nothing), on failure it is
+    removed and `path` stays as it was. `suffix`: the temporary name's
+    ending, for writers that choose the format by it (".npz", ".keras")."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp{suffix}")  # one per writer
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` by `data`, all or nothing: the old file stays intact
+    (and no temporary file is left) when the write fails."""
+    with replacing(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
 
 
 def append_line(path: Path, text: str) -> None:

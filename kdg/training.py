@@ -25,6 +25,7 @@ import json
 import math
 import os
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -51,15 +52,8 @@ def save_checkpoint(model, path: Path, step: int, extra: dict | None = None) -> 
     from keras import ops
 
     arrays = {f"v{i}": ops.convert_to_numpy(v) for i, v in enumerate(state_variables(model))}
-    tmp = path.with_name(path.name + ".tmp.npz")
-    try:
+    with folder.replacing(path, ".npz") as tmp:  # the previous checkpoint stays if it fails
         np.savez(tmp, step=np.int64(step), extra=np.array(json.dumps(extra or {})), **arrays)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # the previous checkpoint stays as it was
-        raise
 
 
 def load_checkpoint(model, path: Path) -> tuple[int, dict]:
@@ -87,21 +81,6 @@ def load_checkpoint(model, path: Path) -> tuple[int, dict]:
     for v, value in zip(variables, values):
         v.assign(value)
     return step, extra
-
-
-def _read_results(path: Path, upto: int) -> list[dict]:
-    """The records of steps <= upto; a truncated last line (a killed run) is dropped."""
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record["step"] <= upto:
-            records.append(record)
-    return records
 
 
 def _peak_memory_gb() -> float:
@@ -145,7 +124,7 @@ def build_model(recipe: recipes.Recipe, dataset):
     try:
         model._dg_build_algorithm()
     except ValueError as error:  # the algorithm cannot train this model (GGA's perturb, say)
-        raise recipes.RecipeError(f"invalid recipe:\n  - algorithm: {error}") from None
+        raise recipes.invalid(f"algorithm: {error}") from None
     return model
 
 
@@ -233,24 +212,81 @@ def _check_folder(out: Path, recipe: recipes.Recipe) -> bool:
     return finished
 
 
-def run(recipe: recipes.Recipe, console=None, dataset=None) -> dict | None:
-    """Train (or resume) the run of a validated recipe. Returns the final
-    record, or None when the run had already finished.
+def use_backend(backend: str | None) -> str:
+    """Make `backend` (default: $KERAS_BACKEND, else Keras' default) the Keras
+    backend of this process and return the one running: set before Keras is
+    first imported; a RunError when Keras already runs another, or when the
+    backend is not installed (with the line that installs it)."""
+    if backend is None:
+        backend = os.environ.get("KERAS_BACKEND")
+    if backend is not None and backend not in recipes.BACKENDS:
+        raise RunError(f"backend: {backend!r} is not a Keras backend kdg supports; expected "
+                       f"one of {', '.join(recipes.BACKENDS)}.")
+    if "keras" in sys.modules:
+        current = sys.modules["keras"].backend.backend()
+        if backend and backend != current:
+            raise RunError(f"Keras is already running on {current}; cannot switch to {backend} "
+                           "in this process. Run kdg in a new process.")
+        return current
+    if backend:
+        os.environ["KERAS_BACKEND"] = backend
+    try:
+        import keras
+    except ModuleNotFoundError as error:
+        # JAX and PyTorch are extras: the default install has TensorFlow only.
+        missing = {"jax": "jax", "jaxlib": "jax", "torch": "torch"}.get(error.name)
+        if missing is None:
+            raise
+        install = f"pip install -e \".[{missing}]\""
+        if missing == "torch":
+            install += (" (on a CPU-only machine: pip install -c constraints-cpu.txt -e "
+                        "\".[torch]\", without CUDA wheels)")
+        raise RunError(f"the {missing} backend is not installed. Install it with {install}, or "
+                       "choose an installed backend with --backend or KERAS_BACKEND.") from None
+    return keras.backend.backend()
 
-    Everything that the recipe and the dataset decide is checked before
-    anything is written; the folder is then locked for this process alone.
-    `dataset`: the recipe's dataset if the caller has already checked it
-    (`recipes.check_dataset`), so that its images are not checked twice."""
+
+def run(recipe, overrides=(), backend: str | None = None, console=None, quiet: bool = False,
+        dataset=None) -> dict | None:
+    """The one entry from a recipe to a finished run (`kdg train` and each
+    sweep job call it): train, or resume, the run and return its final
+    record, or None when it had already finished.
+
+    `recipe`: a recipe file, a recipe dict, or a validated `Recipe` (taken
+    as resolved: its backend is the caller's); `overrides`: `--set` texts
+    (KEY=VALUE); `backend`: the Keras backend (default: the recipe's, else
+    $KERAS_BACKEND), chosen before Keras is imported. The recipe is read and
+    overridden once, its dataset scanned once (`dataset`: one the caller has
+    already checked), and everything the recipe and the dataset decide is
+    checked before anything is written; the folder is then locked for this
+    process alone. `console` (rich) shows the resolved recipe and, unless
+    `quiet`, the progress. Raises RecipeError, RunError or DataError."""
+    if isinstance(recipe, recipes.Recipe):
+        resolved = recipe if not overrides else recipes.resolve(
+            recipes.apply_overrides(recipe.to_dict(), list(overrides)), backend)
+    else:
+        config = (recipes.read_recipe(recipe, overrides) if isinstance(recipe, (str, Path))
+                  else recipes.apply_overrides(dict(recipe), list(overrides)))
+        running = use_backend(backend or config.get("backend"))
+        resolved = recipes.resolve(config, running)
+    if dataset is None:
+        dataset = recipes.check_dataset(resolved)
+    test_envs = sorted({dataset.domain_index(d) for d in resolved.dataset.test_domains})
+    recipes.check_run(resolved, dataset.domains, test_envs)
+    if console is not None:
+        from rich.syntax import Syntax
+
+        console.print(Syntax(recipes.dump(resolved), "yaml", theme="ansi_dark"))
+    return _run_checked(resolved, dataset, test_envs, None if quiet else console)
+
+
+def _run_checked(recipe: recipes.Recipe, dataset, test_envs, console) -> dict | None:
     out = Path(recipe.output_dir)
     say = console.print if console is not None else (lambda *a, **k: None)
     folder.check_output_dir(out)
     if _check_folder(out, recipe):
         say(f"[green]{out} is finished[/]: nothing to do (delete {out} to train again).")
         return None
-    if dataset is None:
-        dataset = recipes.check_dataset(recipe)
-    test_envs = sorted({dataset.domain_index(d) for d in recipe.dataset.test_domains})
-    recipes.check_run(recipe, dataset.domains, test_envs)
     # built before anything is written: an algorithm that cannot train this
     # model (GGA with nothing to perturb) is refused like a wrong recipe
     model = build_model(recipe, dataset)
@@ -281,7 +317,8 @@ def _run_locked(recipe, dataset, model, test_envs, out: Path, say, console) -> d
     resume = (f": it continues from step {start}, its last checkpoint" if start else
               ": it starts again from step 0")
     results_path = out / folder.RESULTS
-    kept = _read_results(results_path, start)
+    # the records up to the checkpoint; bad lines are dropped (run_folder's policy)
+    kept = [r for r in folder.read_results(results_path).records if r["step"] <= start]
     with folder.writing(results_path, resume):
         folder.atomic_write(results_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
@@ -353,14 +390,9 @@ def _run_locked(recipe, dataset, model, test_envs, out: Path, say, console) -> d
                 })
             resume = f": it continues from step {step}, its last checkpoint"
 
-    tmp = out / "model.tmp.keras"
-    with folder.writing(out / folder.MODEL, resume):
-        try:
-            model.save(tmp)
-            os.replace(tmp, out / folder.MODEL)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+    with folder.writing(out / folder.MODEL, resume), \
+            folder.replacing(out / folder.MODEL, ".keras") as tmp:
+        model.save(tmp)
     with folder.writing(out / folder.DONE, resume):
         folder.atomic_write(out / folder.DONE, (json.dumps(record) + "\n").encode())
     say(f"[green]done[/]: {out}")

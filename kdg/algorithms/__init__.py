@@ -6,6 +6,7 @@ has them all, with their hyperparameters and defaults, where the papers and
 the authors' code differ, DomainBed's protocol and the published numbers.
 """
 
+from kdg.algorithm_names import normalize as normalize_name
 from kdg.algorithms.base import Algorithm, StepContext
 from kdg.algorithms.corgrad import CorGrad
 from kdg.algorithms.erm import ERM
@@ -13,7 +14,18 @@ from kdg.algorithms.fish import Fish
 from kdg.algorithms.gga import GGA
 from kdg.algorithms.ggal import GGAL
 
+#: The registry: each algorithm's class under its `name`, where its title,
+#: hyperparameters (`hparams`) and search space (`search_space`) are found.
 ALGORITHMS = {cls.name: cls for cls in (ERM, Fish, CorGrad, GGA, GGAL)}
+
+
+def lookup(name):
+    """The class of algorithm `name`, in any spelling `normalize_name` accepts
+    ("GGA-L", "gga_l", "ggal"); a ValueError naming the known ones otherwise."""
+    key = normalize_name(name)
+    if key not in ALGORITHMS:
+        raise ValueError(f"Unknown algorithm {name!r}; known: {', '.join(sorted(ALGORITHMS))}.")
+    return ALGORITHMS[key]
 
 
 def serialize(algorithm):
@@ -22,12 +34,7 @@ def serialize(algorithm):
 
 
 def deserialize(config):
-    name = config["name"]
-    if name not in ALGORITHMS:
-        raise ValueError(
-            f"Unknown algorithm {name!r}; known: {', '.join(sorted(ALGORITHMS))}."
-        )
-    return ALGORITHMS[name].from_config(dict(config.get("config", {})))
+    return lookup(config["name"]).from_config(dict(config.get("config", {})))
 
 
 def get(identifier):
@@ -37,7 +44,7 @@ def get(identifier):
     if isinstance(identifier, Algorithm):
         return identifier
     if isinstance(identifier, str):
-        return deserialize({"name": identifier.lower().replace("-", "")})
+        return deserialize({"name": identifier})
     if isinstance(identifier, dict):
         return deserialize(identifier)
     raise TypeError(
@@ -56,5 +63,7 @@ __all__ = [
     "StepContext",
     "deserialize",
     "get",
+    "lookup",
+    "normalize_name",
     "serialize",
 ]

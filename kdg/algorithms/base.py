@@ -128,10 +128,18 @@ def other(text, check=None):
 
 
 class Algorithm:
-    """Base class. Subclasses set `name` and `hparams`, define `step` and
-    `get_config`, and call `check_hparams(locals())` first in `__init__`."""
+    """Base class. Subclasses set `name`, `title` and `hparams` (and
+    `search_space`), define `step` and `get_config`, and call
+    `check_hparams(locals())` first in `__init__`."""
 
+    #: The registry key: lower-case letters and digits (`kdg.algorithms.normalize_name`).
     name = None
+    #: The published spelling ("GGA-L"): the row of the papers' tables.
+    title = None
+    #: DomainBed's search space of the algorithm's own hyperparameters, in the
+    #: sweep file's notation (`kdg.sweep.space`), keyed by constructor argument;
+    #: the common ranges (lr, batch size, ...) are kdg.sweep.space's.
+    search_space = {}
     #: True when the algorithm compares domains pairwise (needs D >= 2).
     needs_domain_pairs = False
     #: Each constructor argument's type and allowed values, name -> Hparam.

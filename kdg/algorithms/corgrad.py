@@ -60,6 +60,11 @@ GRANULARITIES = ("layer", "model", "element")
 
 class CorGrad(Algorithm):
     name = "corgrad"
+    title = "CorGrad"
+    search_space = {
+        "n_parts": {"choice": [5, 10, 20, 50, 100]},  # the paper picks it in [5, 100]
+        "alpha": {"uniform": [0.5, 1.0]},  # the paper's starting range; reference 0.6
+    }
     needs_domain_pairs = True
     #: chunks at least this long are corrected through their Gram matrices
     GRAM_MIN_LENGTH = 128

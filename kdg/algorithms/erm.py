@@ -8,6 +8,7 @@ from kdg.algorithms.base import Algorithm, flatten_domains
 
 class ERM(Algorithm):
     name = "erm"
+    title = "ERM"
 
     def step(self, ctx, x, y):
         loss, grads, y_pred, state = ctx.loss_and_grads(

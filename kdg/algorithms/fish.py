@@ -48,6 +48,8 @@ def _optimizer(identifier):
 
 class Fish(Algorithm):
     name = "fish"
+    title = "Fish"
+    search_space = {"meta_lr": {"choice": [0.05, 0.1, 0.5]}}  # DomainBed's
     hparams = {
         # a step from theta towards theta_inner, at most all the way
         "meta_lr": number(0, 1, low_open=True),

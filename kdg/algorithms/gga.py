@@ -55,6 +55,17 @@ def _is_pattern(text):
 
 class GGA(Algorithm):
     name = "gga"
+    title = "GGA"
+    search_space = {
+        "rho": {"log_uniform": [-6, -4]},  # reference: 1e-5, 1e-6 on VLCS
+        # a choice of mappings sets start_step and end_step together
+        "window": {"choice": [
+            {"start_step": 100, "end_step": 200},  # the reference
+            {"start_step": 0, "end_step": 100},
+            {"start_step": 200, "end_step": 300},
+            {"start_step": 100, "end_step": 300},
+        ]},
+    }
     needs_domain_pairs = True
     hparams = {
         "base": other("an algorithm other than GGA (an instance, a name or a config)"),

@@ -25,6 +25,8 @@ NOISES = {"gaussian": "normal", "uniform": "uniform"}
 
 class GGAL(Algorithm):
     name = "ggal"
+    title = "GGA-L"
+    search_space = {"gamma": {"log_uniform": [-4, -2]}}  # reference 1e-3
     needs_domain_pairs = True
     hparams = {
         "gamma": number(0),  # 0: no noise, ERM's update

@@ -29,7 +29,7 @@ ALGORITHMS = ("erm", "fish", "corgrad", "ggal", "gga")
 #: anyway): the D per-domain passes, the floor of Fish's and CorGrad's step
 SELECTABLE = ("erm", "fish", "corgrad", "ggal", "gga_eval", "gga")
 
-BACKENDS = ("jax", "tensorflow", "torch")
+from kdg.recipes import BACKENDS  # noqa: E402  (kdg.bench.BACKENDS, for its users)
 RUNNERS = {
     "jax": ("kdg.bench.run", {"KERAS_BACKEND": "jax"}, {}),
     "tensorflow": ("kdg.bench.run", {"KERAS_BACKEND": "tensorflow"}, {}),

@@ -10,18 +10,13 @@ code here gives the same indices for the same file order.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 
+from kdg.seeds import seed_hash  # noqa: F401  (also this module's, for its users)
+
 PARTS = ("in", "out", "all")
-
-
-def seed_hash(*args: object) -> int:
-    """An integer in ``[0, 2**31)`` derived from ``args`` (DomainBed's ``misc.seed_hash``)."""
-    digest = hashlib.md5(str(args).encode("utf-8")).hexdigest()
-    return int(digest, 16) % (2**31)
 
 
 def split_indices(n: int, holdout_fraction: float, trial_seed: int,

@@ -21,7 +21,6 @@ last line can be cut short by a kill).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -30,10 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence, Union
 
+from kdg import run_folder
+
 PathLike = Union[str, "os.PathLike[str]"]
 
-RESULTS_FILE = "results.jsonl"
-DONE_FILE = "done"
+RESULTS_FILE = run_folder.RESULTS
 
 # Column labels DomainBed uses for its datasets (``ENVIRONMENTS`` in
 # domainbed/datasets.py), in domain-index order.
@@ -176,36 +176,26 @@ def read_run(results_path: PathLike) -> Run | None:
     """Parse one ``results.jsonl``. Returns None (with a warning) when no
     line of it is a usable record."""
     results_path = Path(results_path)
-    with open(results_path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    # Number the lines and drop blank ones (the file normally ends with "\n").
-    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
+    # the one reader of results.jsonl, with its bad-line policy (run_folder's docstring)
+    read = run_folder.read_results(results_path)
+    for lineno in read.bad_lines:
+        if read.truncated and lineno == read.bad_lines[-1]:
+            warnings.warn(
+                f"{results_path}: last line {lineno} is truncated (was the run killed?); "
+                "it is ignored", ResultsWarning, stacklevel=3)
+        else:
+            warnings.warn(f"{results_path}: line {lineno} is not valid JSON (or has no "
+                          "integer step); it is ignored", ResultsWarning, stacklevel=3)
+    bad, truncated = list(read.bad_lines), read.truncated
     records: list[dict[str, Any]] = []
-    bad: list[int] = []
-    truncated = False
-    for position, (lineno, line) in enumerate(numbered):
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict):
-                raise ValueError("not a JSON object")
-        except ValueError:
+    for lineno, record in zip(read.lines, read.records):
+        if "args" not in record:
             bad.append(lineno)
-            if position == len(numbered) - 1:
-                truncated = True
-                warnings.warn(
-                    f"{results_path}: last line {lineno} is truncated (was the run killed?); "
-                    "it is ignored", ResultsWarning, stacklevel=3)
-            else:
-                warnings.warn(f"{results_path}: line {lineno} is not valid JSON; it is ignored",
-                              ResultsWarning, stacklevel=3)
-            continue
-        missing = [k for k in ("step", "args") if k not in record]
-        if missing:
-            bad.append(lineno)
-            warnings.warn(f"{results_path}: line {lineno} lacks {missing}; it is ignored",
+            warnings.warn(f"{results_path}: line {lineno} lacks ['args']; it is ignored",
                           ResultsWarning, stacklevel=3)
             continue
         records.append(record)
+    bad.sort()
     if not records:
         warnings.warn(f"{results_path}: no usable record; the run is ignored",
                       ResultsWarning, stacklevel=3)
@@ -222,7 +212,7 @@ def read_run(results_path: PathLike) -> Run | None:
             warnings.warn(f"{results_path}: records disagree on the run's args; "
                           "the first record's are used", ResultsWarning, stacklevel=3)
             break
-    done = (results_path.parent / DONE_FILE).exists()
+    done = run_folder.is_done(results_path.parent)
     return Run(path=results_path.parent, records=records, done=done,
                truncated=truncated, bad_lines=bad)
 

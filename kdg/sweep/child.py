@@ -1,5 +1,6 @@
-"""One sweep job: `python -m kdg.sweep.child RECIPE` is `kdg train RECIPE --quiet`
-in a process that does not outlive the launcher that started it.
+"""One sweep job: `python -m kdg.sweep.child RECIPE` runs `kdg.training.run`
+on the job's recipe (what `kdg train RECIPE --quiet` does) in a process that
+does not outlive the launcher that started it.
 
 On Linux the process asks the kernel to SIGKILL it when its parent dies
 (`prctl(PR_SET_PDEATHSIG)`), so that a sweep killed with SIGKILL (or a Ray
@@ -39,9 +40,13 @@ def main(argv: list[str] | None = None) -> None:
     if len(argv) != 1:
         sys.exit("usage: python -m kdg.sweep.child RECIPE")
     die_with_parent()
-    from kdg.cli import main as kdg
+    from kdg.cli import _console, _fail, _known_errors
+    from kdg.training import run
 
-    kdg(["train", argv[0], "--quiet"], prog_name="kdg")
+    try:
+        run(argv[0], console=_console(), quiet=True)
+    except _known_errors() as error:
+        _fail(error)
 
 
 if __name__ == "__main__":

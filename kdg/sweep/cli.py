@@ -13,7 +13,7 @@ import sys
 
 import click
 
-BACKENDS = ("jax", "tensorflow", "torch")
+from kdg.recipes import BACKENDS
 
 
 def _fail(message, code: int = 2):

@@ -51,16 +51,15 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from kdg import recipes
+from kdg import recipes, run_folder
 from kdg.sweep import space as space_lib
-from kdg.sweep.spec import Sweep, SweepError, normalize_algorithm
+from kdg.algorithm_names import normalize as normalize_name
+from kdg.sweep.spec import Sweep, SweepError
 
 LOCK = "running.json"
 ERROR = "error.txt"
-DONE = "done"
 STDOUT = "stdout.txt"
 STDERR = "stderr.txt"
-RECIPE = "recipe.yaml"
 HEARTBEAT_S = 5.0          # the launcher touches the lock this often
 HEARTBEAT_STALE_S = 60.0   # a lock untouched for this long belongs to nobody
 
@@ -183,8 +182,8 @@ def _algorithm_sections(sweep: Sweep) -> list[dict]:
     sections = []
     for entry in entries:
         entry = {"name": entry} if isinstance(entry, str) else dict(entry)
-        name = normalize_algorithm(entry["name"])
-        section = dict(base) if normalize_algorithm(base.get("name")) == name else {}
+        name = normalize_name(entry["name"])
+        section = dict(base) if normalize_name(base.get("name")) == name else {}
         section.update(entry)
         section["name"] = name
         sections.append(section)
@@ -225,7 +224,7 @@ def expand_jobs(sweep: Sweep) -> list[Job]:
                                  dataset["name"])
         for algorithm in _algorithm_sections(sweep):
             name = algorithm["name"]
-            overrides = {normalize_algorithm(k): v for k, v in spec.search_space.items()}
+            overrides = {normalize_name(k): v for k, v in spec.search_space.items()}
             search = space_lib.space_for(name, overrides, spec.default_space)
             for envs in env_sets:
                 for h in range(spec.n_hparams):
@@ -285,7 +284,7 @@ def check_jobs(jobs: Sequence[Job]) -> dict[Job, str]:
                               count_devices=False)
             check_output_dir(job.directory)
         except (recipes.RecipeError, RunError) as error:
-            problems[job] = str(error).replace("invalid recipe:\n  - ", "").replace(
+            problems[job] = str(error).replace(recipes.INVALID, "").replace(
                 "\n  - ", "; ")
     return problems
 
@@ -329,7 +328,7 @@ def _matches(job: Job, key: str, value: str) -> bool:
     if field_name == "dataset":
         return job.dataset.lower() == value.lower()
     if field_name == "algorithm":
-        return job.algorithm == normalize_algorithm(value)
+        return job.algorithm == normalize_name(value)
     if field_name == "test_envs":
         return job.test_envs == _parse_envs(value)
     if field_name == "key":
@@ -450,9 +449,7 @@ def update_lock(directory: Path, **fields) -> None:
     info = read_lock(directory) or {}
     info.pop("mtime", None)
     info.update(fields)
-    tmp = directory / (LOCK + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, directory / LOCK)
+    run_folder.atomic_write(directory / LOCK, json.dumps(info).encode())
 
 
 def release_lock(directory: Path) -> None:
@@ -475,21 +472,16 @@ class JobStatus:
 
 
 def last_step(directory: Path) -> int | None:
+    """The job's last evaluated step (bad lines skipped as everywhere: run_folder)."""
     try:
-        lines = (directory / "results.jsonl").read_text().splitlines()
+        return run_folder.read_results(directory / run_folder.RESULTS).last_step
     except OSError:
         return None
-    for line in reversed(lines):
-        try:
-            return int(json.loads(line)["step"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return None
 
 
 def has_progress(directory: Path) -> bool:
     """Has the job trained at all (an evaluation or a checkpoint)?"""
-    return last_step(directory) is not None or (directory / "checkpoint.npz").exists()
+    return last_step(directory) is not None or (directory / run_folder.CHECKPOINT).exists()
 
 
 def error_summary(directory: Path) -> str:
@@ -511,7 +503,7 @@ def error_summary(directory: Path) -> str:
 def job_status(job: Job | Path) -> JobStatus:
     directory = job.directory if isinstance(job, Job) else Path(job)
     step = last_step(directory)
-    if (directory / DONE).exists():
+    if run_folder.is_done(directory):
         return JobStatus("done", step)
     info = read_lock(directory)
     if lock_alive(info, directory):

@@ -33,6 +33,7 @@ from typing import Callable, Mapping, Sequence
 
 import yaml
 
+from kdg import run_folder
 from kdg.run_folder import atomic_write
 from kdg.sweep import jobs as jobs_lib
 from kdg.sweep.child import PARENT_VARIABLE
@@ -50,7 +51,7 @@ def prepare_recipe(directory: Path, recipe: dict) -> tuple[str, bool]:
     """Write the job's recipe.yaml; returns (backend, resumed). A job that
     has trained part way keeps its recipe.yaml (and so its backend); only its
     output_dir follows the directory, should the sweep have moved."""
-    path = directory / jobs_lib.RECIPE
+    path = directory / run_folder.RECIPE
     started = jobs_lib.has_progress(directory)
     if started and path.exists():
         existing = yaml.safe_load(path.read_text()) or {}
@@ -94,7 +95,7 @@ class JobProcess:
             err = open(self.directory / jobs_lib.STDERR, "w")
             self._files = [out, err]
             command = [sys.executable, "-m", "kdg.sweep.child",
-                       str(self.directory / jobs_lib.RECIPE)]
+                       str(self.directory / run_folder.RECIPE)]
             # its own session: a Ctrl-C in the terminal reaches the launcher,
             # which stops the jobs itself
             self.proc = subprocess.Popen(command, stdout=out, stderr=err,
@@ -178,7 +179,7 @@ class JobProcess:
 
     def _finish(self, returncode: int) -> dict:
         self._close()
-        if returncode == 0 and (self.directory / jobs_lib.DONE).exists():
+        if returncode == 0 and run_folder.is_done(self.directory):
             try:
                 (self.directory / jobs_lib.ERROR).unlink(missing_ok=True)
                 return self._outcome("done", returncode)

@@ -29,18 +29,10 @@ whose draws also depend on the trial seed, sample h has the same values in
 every trial: the trials repeat the same settings on other data splits and
 seeds, which is what "the best setting per trial" compares.
 
-The default spaces (:data:`DEFAULT_SPACE`) are the common protocol's ranges
-(`docs/ALGORITHMS.md`) and, per algorithm:
-
-======== ============ =================================================================
-fish     meta_lr      choice {0.05, 0.1, 0.5} (DomainBed's)
-corgrad  n_parts      choice {5, 10, 20, 50, 100} (the paper picks it in [5, 100])
-corgrad  alpha        U(0.5, 1.0) (the paper's starting range; reference 0.6)
-gga      rho          10 ** U(-6, -4) (reference: 1e-5, 1e-6 on VLCS)
-gga      window       choice of (start_step, end_step) in {(100, 200) the reference,
-                      (0, 100), (200, 300), (100, 300)}
-ggal     gamma        10 ** U(-4, -2) (reference 1e-3)
-======== ============ =================================================================
+The default spaces are the common protocol's ranges (:data:`DEFAULT_SPACE`,
+`docs/ALGORITHMS.md`) and each algorithm's own, the `search_space` of its
+class in the registry (`kdg.algorithms.ALGORITHMS`), in the notation above
+(GGA's `window` is a choice of (start_step, end_step) pairs).
 
 GGA's window is in steps: with a base recipe of very few steps a window that
 starts after the last step means no annealing at all.
@@ -48,12 +40,13 @@ starts after the last step means no annealing at all.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
+
+from kdg.seeds import seed_hash  # noqa: F401  (also this module's, for its users)
 
 COMMON = "common"
 
@@ -63,12 +56,6 @@ _MODEL_NAMES = ("dropout",)
 
 class SpaceError(ValueError):
     """A search space that cannot be sampled, with the reason."""
-
-
-def seed_hash(*args: object) -> int:
-    """An integer in [0, 2**31) from `args` (DomainBed's `misc.seed_hash`)."""
-    digest = hashlib.md5(str(args).encode("utf-8")).hexdigest()
-    return int(digest, 16) % (2**31)
 
 
 @dataclass(frozen=True)
@@ -158,6 +145,7 @@ def _space(raw: Mapping[str, Any]) -> dict[str, Distribution]:
     return {name: parse_distribution(name, spec) for name, spec in raw.items()}
 
 
+#: The common protocol's ranges; each algorithm's own are its class's `search_space`.
 DEFAULT_SPACE: dict[str, dict[str, Distribution]] = {
     COMMON: _space({
         "lr": {"log_uniform": [-5, -3.5]},
@@ -165,23 +153,16 @@ DEFAULT_SPACE: dict[str, dict[str, Distribution]] = {
         "weight_decay": {"log_uniform": [-6, -2]},
         "dropout": {"choice": [0.0, 0.1, 0.5]},
     }),
-    "erm": {},
-    "fish": _space({"meta_lr": {"choice": [0.05, 0.1, 0.5]}}),
-    "corgrad": _space({
-        "n_parts": {"choice": [5, 10, 20, 50, 100]},
-        "alpha": {"uniform": [0.5, 1.0]},
-    }),
-    "gga": _space({
-        "rho": {"log_uniform": [-6, -4]},
-        "window": {"choice": [
-            {"start_step": 100, "end_step": 200},
-            {"start_step": 0, "end_step": 100},
-            {"start_step": 200, "end_step": 300},
-            {"start_step": 100, "end_step": 300},
-        ]},
-    }),
-    "ggal": _space({"gamma": {"log_uniform": [-4, -2]}}),
 }
+
+
+def algorithm_space(algorithm: str) -> dict[str, Distribution]:
+    """The default search space of `algorithm`'s own hyperparameters: its
+    class's `search_space` (nothing for a name the registry lacks)."""
+    from kdg.algorithms import ALGORITHMS
+
+    cls = ALGORITHMS.get(algorithm)
+    return _space(cls.search_space) if cls is not None else {}
 
 
 def space_for(algorithm: str, overrides: Mapping[str, Mapping[str, Any] | None] | None = None,
@@ -192,7 +173,7 @@ def space_for(algorithm: str, overrides: Mapping[str, Mapping[str, Any] | None] 
     space: dict[str, Distribution] = {}
     layers: list[Mapping[str, Any]] = []
     if defaults:
-        layers += [DEFAULT_SPACE[COMMON], DEFAULT_SPACE.get(algorithm, {})]
+        layers += [DEFAULT_SPACE[COMMON], algorithm_space(algorithm)]
     overrides = overrides or {}
     layers += [overrides.get(COMMON) or {}, overrides.get(algorithm) or {}]
     for layer in layers:

@@ -43,9 +43,10 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kdg import recipes
+from kdg.algorithm_names import normalize as normalize_name
 from kdg.sweep import space as space_lib
 
-BACKENDS = recipes.BACKENDS
+BACKENDS = recipes.BACKENDS  # the one list, kdg.recipes'
 
 
 class SweepError(ValueError):
@@ -69,7 +70,7 @@ class SweepSpec(BaseModel):
     overrides: dict[str, Any] = Field(default_factory=dict)
     search_space: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
     default_space: bool = True
-    backend: Literal["jax", "tensorflow", "torch"] | None = None
+    backend: Literal[BACKENDS] | None = None
 
 
 @dataclass
@@ -86,10 +87,6 @@ class Sweep:
     @property
     def name(self) -> str:
         return self.path.stem if self.path is not None else self.output_dir.name
-
-
-def normalize_algorithm(name: Any) -> str:
-    return str(name).lower().replace("-", "").replace("_", "")
 
 
 def default_backend() -> str:
@@ -140,11 +137,11 @@ def _check_names(spec: SweepSpec, base: dict, problems: list[str]) -> None:
     known = sorted(ALGORITHMS)
     for i, entry in enumerate(spec.algorithms or []):
         name = entry.get("name") if isinstance(entry, dict) else entry
-        if name is None or normalize_algorithm(name) not in ALGORITHMS:
+        if name is None or normalize_name(name) not in ALGORITHMS:
             problems.append(f"algorithms.{i}: unknown algorithm {name!r}; known: "
-                            f"{', '.join(known)}.{recipes.suggest(normalize_algorithm(name), known)}")
+                            f"{', '.join(known)}.{recipes.suggest(normalize_name(name), known)}")
     for key, section in spec.search_space.items():
-        if key != space_lib.COMMON and normalize_algorithm(key) not in ALGORITHMS:
+        if key != space_lib.COMMON and normalize_name(key) not in ALGORITHMS:
             problems.append(f"search_space.{key}: not an algorithm; use {space_lib.COMMON!r} or "
                             f"one of {', '.join(known)}.{recipes.suggest(key, known + [space_lib.COMMON])}")
             continue

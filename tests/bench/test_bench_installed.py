@@ -1,7 +1,12 @@
 """`kdg bench` from an installed kdg: a wheel built from this checkout,
-installed into a folder of its own and run from outside the repository, times
-the plain PyTorch reference and a Keras backend (everything the benchmark
-needs ships in the package)."""
+installed into a fresh virtual environment and run from outside the
+repository, times the plain PyTorch reference and a Keras backend
+(everything the benchmark needs ships in the package).
+
+To stay offline and fast, the fresh environment takes kdg's dependencies
+(Keras, TensorFlow, PyTorch, ...) from this test's environment through a
+path file: a plain directory entry, so that this environment's own
+(editable) kdg is not loaded there; only the wheel's kdg is."""
 
 import json
 import math
@@ -38,17 +43,24 @@ def test_kdg_bench_quick_runs_from_an_installed_wheel(tmp_path):
     run(pip + ["wheel", "--no-deps", "--no-build-isolation", "--no-index",
                "-w", str(tmp_path / "wheel"), str(source)])
     (wheel,) = (tmp_path / "wheel").glob("kdg-*.whl")
-    site = tmp_path / "site"
-    run(pip + ["install", "--no-deps", "--no-index", "--target", str(site), str(wheel)])
+    venv = tmp_path / "venv"
+    run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+    python = venv / "bin" / "python"
+    run(pip + ["--python", str(python), "install", "--no-deps", "--no-index", str(wheel)])
+    site = Path(run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]
+                    ).stdout.strip())
+    deps = [p for p in sys.path if p.endswith("-packages") and Path(p).is_dir()]
+    (site / "_kdg_test_dependencies.pth").write_text("\n".join(deps) + "\n")
 
     elsewhere = tmp_path / "elsewhere"  # no benchmarks/ folder anywhere near
     elsewhere.mkdir()
-    env = dict(os.environ, PYTHONPATH=str(site), TF_CPP_MIN_LOG_LEVEL="3")
-    where = run([sys.executable, "-c", "import kdg; print(kdg.__file__)"],
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    where = run([str(python), "-c", "import kdg; print(kdg.__file__)"],
                 env=env, cwd=elsewhere).stdout.strip()
-    assert Path(where).is_relative_to(site), where  # the installed copy, not the checkout
+    assert Path(where).is_relative_to(site), where  # the wheel's copy, not the checkout
 
-    proc = run([str(site / "bin" / "kdg"), "bench", "--quick", "--backend", "reference",
+    proc = run([str(venv / "bin" / "kdg"), "bench", "--quick", "--backend", "reference",
                 "--backend", "tensorflow", "--algorithm", "erm", "--json", "results.json"],
                env=env, cwd=elsewhere)
     results = json.loads((elsewhere / "results.json").read_text())
