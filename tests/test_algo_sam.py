@@ -219,3 +219,26 @@ def test_config_round_trips_and_names_resolve(cls):
     assert cls.from_config(algorithm.get_config()) == algorithm
     assert kdg.algorithms.get(cls.title) == algorithm  # "AND-mask", "SAM", ...
     assert set(cls.search_space) <= set(cls.hparams)
+
+
+@pytest.mark.parametrize("algorithm, updates", [(SAM(), 2), (SAGM(), 1), (GSAM(), 1)],
+                         ids=["sam", "sagm", "gsam"])
+def test_batchnorm_statistics_of_the_second_pass(data, algorithm, updates):
+    """BatchNorm in training mode on the input (its batch moments do not
+    depend on the weights): SAM's two passes both update the moving mean, as
+    the GGA code's two forward passes; GSAM and SAGM keep the first pass's
+    (their `disable_running_stats` for the second)."""
+    x, y = data
+    inputs = keras.Input((5,))
+    normalized = keras.layers.BatchNormalization(momentum=0.9, name="bn")(inputs)
+    outputs = keras.layers.Dense(4, name="head")(normalized)
+    model = kdg.DGModel(inputs, outputs, algorithm=algorithm, seed=0)
+    model.compile(optimizer=keras.optimizers.SGD(LR),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    train(model, x, y, 1)
+    mean = concatenated(x, y)[0].astype(np.float64).mean(0)
+    expected = np.zeros(5)
+    for _ in range(updates):
+        expected = 0.9 * expected + 0.1 * mean
+    got = keras.ops.convert_to_numpy(model.get_layer("bn").moving_mean)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
