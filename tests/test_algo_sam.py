@@ -242,3 +242,18 @@ def test_batchnorm_statistics_of_the_second_pass(data, algorithm, updates):
         expected = 0.9 * expected + 0.1 * mean
     got = keras.ops.convert_to_numpy(model.get_layer("bn").moving_mean)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_docs_give_each_signature_with_its_defaults():
+    import ast
+    import inspect
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "ALGORITHMS.md").read_text()
+    for cls in (SAM, GSAM, SAGM, ANDMask, SANDMask):
+        heading = re.search(rf"^## {re.escape(cls.title)}: `({cls.__name__}\(.*\))`$", text, re.M)
+        assert heading, cls.title
+        call = ast.parse(heading.group(1), mode="eval").body
+        documented = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+        assert documented == {p.name: p.default for p in inspect.signature(cls).parameters.values()}
