@@ -257,3 +257,17 @@ def test_docs_give_each_signature_with_its_defaults():
         call = ast.parse(heading.group(1), mode="eval").body
         documented = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
         assert documented == {p.name: p.default for p in inspect.signature(cls).parameters.values()}
+
+
+def test_save_and_load_round_trip(tmp_path, data):
+    x, y = data
+    algorithm = GSAM(rho=0.1, alpha=0.02)
+    model = two_layer(algorithm)
+    train(model, x, y, 1)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert loaded.algorithm == algorithm
+    for m in (model, loaded):
+        train(m, x, y, 1)
+    for a, b in zip(weights(loaded), weights(model)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
