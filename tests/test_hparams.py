@@ -79,6 +79,14 @@ REFUSED = [
     ({"name": "ggal", "gamma": [1e-3]}, "gamma", "a number >= 0", True),
     ({"name": "ggal", "noise": "Gaussian"}, "noise", "one of 'gaussian', 'uniform'", False),
     ({"name": "ggal", "concat_grad": None}, "concat_grad", "one of 'auto', 'separate', 'mean'", False),
+    ({"name": "sam", "rho": -0.05}, "rho", "a number >= 0", False),
+    ({"name": "gsam", "rho": "wide"}, "rho", "a number >= 0", True),
+    ({"name": "gsam", "alpha": -1e-3}, "alpha", "a number >= 0", False),
+    ({"name": "sagm", "rho": float("inf")}, "rho", "a number >= 0", False),
+    ({"name": "sagm", "alpha": [0.1]}, "alpha", "a number >= 0", True),
+    ({"name": "andmask", "tau": 1.5}, "tau", r"a number in \[0, 1\]", False),
+    ({"name": "sandmask", "tau": -0.5}, "tau", r"a number in \[0, 1\]", False),
+    ({"name": "sandmask", "k": 0}, "k", "a number > 0", False),
 ]
 
 
@@ -235,9 +243,9 @@ def test_switching_algorithm_by_name_says_to_replace_the_section(tmp_path):
 def test_switching_the_wrapped_algorithm_names_the_base_section(tmp_path):
     path = tmp_path / "gga.yaml"
     path.write_text(GGAL_RECIPE.replace("{name: ggal, gamma: 0.01, noise: uniform}",
-                                        "{name: gga, base: {name: corgrad, alpha: 0.7}, trials: 3}"))
+                                        "{name: gga, base: {name: corgrad, n_parts: 5}, trials: 3}"))
     with pytest.raises(RecipeError, match=(
-            r"algorithm\.base\.alpha: alpha is a parameter of corgrad, not of fish: to switch "
+            r"algorithm\.base\.n_parts: n_parts is a parameter of corgrad, not of fish: to switch "
             r"algorithm, replace the whole section: --set 'algorithm\.base=\{name: fish\}'")):
         recipes.load_recipe(path, ["algorithm.base.name=fish"])
     recipe = recipes.load_recipe(path, ["algorithm.base={name: fish}"])

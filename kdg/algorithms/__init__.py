@@ -7,16 +7,32 @@ the authors' code differ, DomainBed's protocol and the published numbers.
 """
 
 from kdg.algorithm_names import normalize as normalize_name
+from kdg.algorithms.andmask import ANDMask
 from kdg.algorithms.base import Algorithm, StepContext
 from kdg.algorithms.corgrad import CorGrad
 from kdg.algorithms.erm import ERM
 from kdg.algorithms.fish import Fish
 from kdg.algorithms.gga import GGA
 from kdg.algorithms.ggal import GGAL
+from kdg.algorithms.gsam import GSAM
+from kdg.algorithms.sagm import SAGM
+from kdg.algorithms.sam import SAM
+from kdg.algorithms.sandmask import SANDMask
 
 #: The registry: each algorithm's class under its `name`, where its title,
 #: hyperparameters (`hparams`) and search space (`search_space`) are found.
-ALGORITHMS = {cls.name: cls for cls in (ERM, Fish, CorGrad, GGA, GGAL)}
+ALGORITHMS = {cls.name: cls for cls in (
+    ERM,
+    Fish,
+    CorGrad,
+    GGA,
+    GGAL,
+    SAM,
+    GSAM,
+    SAGM,
+    ANDMask,
+    SANDMask,
+)}
 
 
 def lookup(name):
@@ -54,12 +70,17 @@ def get(identifier):
 
 __all__ = [
     "ALGORITHMS",
+    "ANDMask",
     "Algorithm",
     "CorGrad",
     "ERM",
     "Fish",
     "GGA",
     "GGAL",
+    "GSAM",
+    "SAGM",
+    "SAM",
+    "SANDMask",
     "StepContext",
     "deserialize",
     "get",
