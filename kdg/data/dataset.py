@@ -167,9 +167,9 @@ class DGDataset:
 def expected_layout(info: DatasetInfo) -> str:
     """Where a dataset is expected under the data root, for error messages."""
     if info.kind == "mnist":
-        from kdg.data.mnist import MNIST_FILE
+        from kdg.data.mnist import MNIST_FILES, MNIST_FOLDER
 
-        return f"ROOT/{MNIST_FILE}"
+        return f"ROOT/{MNIST_FOLDER}/ holding {', '.join(MNIST_FILES)}"
     if info.kind == "tfds":
         return "a tensorflow-datasets data_dir ROOT holding domainnet/<domain>"
     return f"ROOT/{info.folder}/<domain>/<class>/<image>"
