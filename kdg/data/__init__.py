@@ -23,7 +23,7 @@ Modules: :mod:`~kdg.data.registry` (dataset descriptions),
 
 from kdg.data.augment import ImagePolicy
 from kdg.data.check import LayoutReport, check_layout, format_report
-from kdg.data.dataset import ROOT_VARIABLE, DGDataset, load
+from kdg.data.dataset import ROOT_VARIABLE, DGDataset, load, resolve_root
 from kdg.data.downloads import SOURCES, download, fetch
 from kdg.data.errors import (
     ChecksumError,
@@ -33,6 +33,7 @@ from kdg.data.errors import (
     DatasetNotFoundError,
     DownloadError,
 )
+from kdg.data.mnist import check_mnist_files
 from kdg.data.pipeline import Batches, domain_batches
 from kdg.data.registry import DATASETS, DatasetInfo, dataset_names, get_info
 from kdg.data.splits import Split, seed_hash, split_indices
@@ -55,6 +56,7 @@ __all__ = [
     "LayoutReport",
     "Split",
     "check_layout",
+    "check_mnist_files",
     "dataset_names",
     "domain_batches",
     "download",
@@ -63,6 +65,7 @@ __all__ = [
     "get_info",
     "interleave_domains",
     "load",
+    "resolve_root",
     "seed_hash",
     "split_domains",
     "split_indices",

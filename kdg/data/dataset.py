@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -169,9 +170,9 @@ class DGDataset:
 def expected_layout(info: DatasetInfo) -> str:
     """Where a dataset is expected under the data root, for error messages."""
     if info.kind == "mnist":
-        from kdg.data.mnist import MNIST_FILE
+        from kdg.data.mnist import MNIST_FILES, MNIST_FOLDER
 
-        return f"ROOT/{MNIST_FILE}"
+        return f"ROOT/{MNIST_FOLDER}/ holding {', '.join(MNIST_FILES)}"
     if info.kind == "tfds":
         return "a tensorflow-datasets data_dir ROOT holding domainnet/<domain>"
     return f"ROOT/{info.folder}/<domain>/<class>/<image>"
@@ -258,16 +259,31 @@ def _load_digits(info: DatasetInfo, image_size: int, data_seed: int, common: dic
 
 def _load_mnist(info: DatasetInfo, root: Path, data_seed: int, downsample: bool,
                 common: dict) -> DGDataset:
+    from kdg.data.mnist import MNIST_FILES, check_mnist_files
+
+    folder = check_mnist_files(root, info.name)
+    files = tuple((os.fspath(folder / name), (folder / name).stat().st_mtime_ns)
+                  for name in MNIST_FILES)
+    return _from_arrays(info, _mnist_environments(files, info.name, data_seed, downsample), common)
+
+
+@functools.lru_cache(maxsize=2)
+def _mnist_environments(files: tuple, name: str, data_seed: int, downsample: bool) -> list:
+    """The environments built from the checked files (kept for the next load in
+    this process: RotatedMNIST's 58,000 rotations take seconds)."""
     from kdg.data.mnist import colored_environments, load_mnist, rotated_environments
     from kdg.data.registry import COLOR_FLIP_PROBABILITIES, ROTATIONS
 
-    images, labels = load_mnist(root, info.name)
-    if info.name == "RotatedMNIST":
+    images, labels = load_mnist(Path(files[0][0]).parents[1], name)
+    if name == "RotatedMNIST":
         environments = rotated_environments(images, labels, ROTATIONS, data_seed)
     else:
         environments = colored_environments(images, labels, COLOR_FLIP_PROBABILITIES,
                                             data_seed, downsample=downsample)
-    return _from_arrays(info, environments, common)
+    for arrays in environments:
+        for array in arrays:
+            array.setflags(write=False)
+    return environments
 
 
 def _from_arrays(info: DatasetInfo, environments: list[tuple[np.ndarray, np.ndarray]],

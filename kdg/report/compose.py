@@ -16,7 +16,7 @@ from typing import Iterable, Mapping, Sequence, Union
 from .loading import find_results_files, load_runs
 from .published import backbone_of, tables_for
 from .selection import get_method, select
-from .tables import FORMATS, published_comparison, render, results_tables
+from .tables import FORMATS, mnist_comparisons, published_comparison, render, results_tables
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -67,6 +67,7 @@ def report(dirs: Union[PathLike, Iterable[PathLike]], selection: str = "training
         comparison = published_comparison(tables[-1], sources)
         if comparison is not None:
             tables.append(comparison)
+        tables += mnist_comparisons(tables)
 
     title = f"kdg results, model selection: {chosen.method.name}"
     text = render(tables, fmt, title=title, notes=_run_notes(chosen))

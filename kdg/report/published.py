@@ -232,3 +232,101 @@ def tables_for(backbones: Iterable[str | None]) -> tuple[PublishedTable, ...]:
         if chosen:
             return chosen
     return PUBLISHED
+
+
+# -- DomainBed's MNIST tables (per environment, mean and standard error) -------
+MNIST_DATASETS = ("ColoredMNIST", "RotatedMNIST")
+MNIST_ENVIRONMENTS = {
+    "ColoredMNIST": ("+90%", "+80%", "-90%"),
+    "RotatedMNIST": ("0", "15", "30", "45", "60", "75"),
+}
+
+
+@dataclass(frozen=True)
+class PublishedEnvironmentTable:
+    """One of DomainBed's MNIST tables: test-domain accuracy % per test
+    environment and their average, each ``(mean, standard error over 3 trials)``.
+
+    Source: DomainBed's ``domainbed/results/2020_10_06_7df6f06/results.tex``
+    (``spec/ALGORITHMS.md``, "DomainBed's MNIST tables"): MNIST_CNN, 20
+    hyperparameter samples x 3 trials, 5001 steps. DomainBed publishes no
+    oracle table for RotatedMNIST.
+    """
+
+    dataset: str
+    selection: str          # "training_domain" or "oracle"
+    results: Mapping[str, tuple[tuple[float, float], ...]]   # environments..., then Avg
+
+    @property
+    def environments(self) -> tuple[str, ...]:
+        return MNIST_ENVIRONMENTS[self.dataset] + ("Avg",)
+
+    def get(self, algorithm: str, environment: str) -> tuple[float, float] | None:
+        """``(mean, standard error)`` of ``algorithm`` on a test environment
+        (or "Avg"), names matched loosely; None if not published."""
+        row = self.results.get(canonical_algorithm(algorithm))
+        if row is None or environment not in self.environments:
+            return None
+        return row[self.environments.index(environment)]
+
+
+def _mnist(dataset: str, selection: str, rows: dict) -> PublishedEnvironmentTable:
+    return PublishedEnvironmentTable(dataset, selection, rows)
+
+
+DOMAINBED_MNIST = (
+    _mnist("ColoredMNIST", "training_domain", {
+        "ERM": ((71.7, 0.1), (72.9, 0.2), (10.0, 0.1), (51.5, 0.1)),
+        "IRM": ((72.5, 0.1), (73.3, 0.5), (10.2, 0.3), (52.0, 0.1)),
+        "GroupDRO": ((73.1, 0.3), (73.2, 0.2), (10.0, 0.2), (52.1, 0.0)),
+        "Mixup": ((72.7, 0.4), (73.4, 0.1), (10.1, 0.1), (52.1, 0.2)),
+        "MLDG": ((71.5, 0.2), (73.1, 0.2), (9.8, 0.1), (51.5, 0.1)),
+        "CORAL": ((71.6, 0.3), (73.1, 0.1), (9.9, 0.1), (51.5, 0.1)),
+        "MMD": ((71.4, 0.3), (73.1, 0.2), (9.9, 0.3), (51.5, 0.2)),
+        "DANN": ((71.4, 0.9), (73.1, 0.1), (10.0, 0.0), (51.5, 0.3)),
+        "CDANN": ((72.0, 0.2), (73.0, 0.2), (10.2, 0.1), (51.7, 0.1)),
+        "MTL": ((70.9, 0.2), (72.8, 0.3), (10.5, 0.1), (51.4, 0.1)),
+        "SagNet": ((71.8, 0.2), (73.0, 0.2), (10.3, 0.0), (51.7, 0.0)),
+        "ARM": ((82.0, 0.5), (76.5, 0.3), (10.2, 0.0), (56.2, 0.2)),
+        "VREx": ((72.4, 0.3), (72.9, 0.4), (10.2, 0.0), (51.8, 0.1)),
+        "RSC": ((71.9, 0.3), (73.1, 0.2), (10.0, 0.2), (51.7, 0.2)),
+    }),
+    _mnist("ColoredMNIST", "oracle", {
+        "ERM": ((71.8, 0.4), (72.9, 0.1), (28.7, 0.5), (57.8, 0.2)),
+        "IRM": ((72.0, 0.1), (72.5, 0.3), (58.5, 3.3), (67.7, 1.2)),
+        "GroupDRO": ((73.5, 0.3), (73.0, 0.3), (36.8, 2.8), (61.1, 0.9)),
+        "Mixup": ((72.5, 0.2), (73.9, 0.4), (28.6, 0.2), (58.4, 0.2)),
+        "MLDG": ((71.9, 0.3), (73.5, 0.2), (29.1, 0.9), (58.2, 0.4)),
+        "CORAL": ((71.1, 0.2), (73.4, 0.2), (31.1, 1.6), (58.6, 0.5)),
+        "MMD": ((69.0, 2.3), (70.4, 1.6), (50.6, 0.2), (63.3, 1.3)),
+        "DANN": ((72.4, 0.5), (73.9, 0.5), (24.9, 2.7), (57.0, 1.0)),
+        "CDANN": ((71.8, 0.5), (72.9, 0.1), (33.8, 6.4), (59.5, 2.0)),
+        "MTL": ((71.2, 0.2), (73.5, 0.2), (28.0, 0.6), (57.6, 0.3)),
+        "SagNet": ((72.1, 0.3), (73.2, 0.3), (29.4, 0.5), (58.2, 0.3)),
+        "ARM": ((84.9, 0.9), (76.8, 0.6), (27.9, 2.1), (63.2, 0.7)),
+        "VREx": ((72.8, 0.3), (73.0, 0.3), (55.2, 4.0), (67.0, 1.3)),
+        "RSC": ((72.0, 0.1), (73.2, 0.1), (30.2, 1.6), (58.5, 0.5)),
+    }),
+    _mnist("RotatedMNIST", "training_domain", {
+        "ERM": ((95.9, 0.1), (98.9, 0.0), (98.8, 0.0), (98.9, 0.0), (98.9, 0.0), (96.4, 0.0), (98.0, 0.0)),
+        "IRM": ((95.5, 0.1), (98.8, 0.2), (98.7, 0.1), (98.6, 0.1), (98.7, 0.0), (95.9, 0.2), (97.7, 0.1)),
+        "GroupDRO": ((95.6, 0.1), (98.9, 0.1), (98.9, 0.1), (99.0, 0.0), (98.9, 0.0), (96.5, 0.2), (98.0, 0.0)),
+        "Mixup": ((95.8, 0.3), (98.9, 0.0), (98.9, 0.0), (98.9, 0.0), (98.8, 0.1), (96.5, 0.3), (98.0, 0.1)),
+        "MLDG": ((95.8, 0.1), (98.9, 0.1), (99.0, 0.0), (98.9, 0.1), (99.0, 0.0), (95.8, 0.3), (97.9, 0.0)),
+        "CORAL": ((95.8, 0.3), (98.8, 0.0), (98.9, 0.0), (99.0, 0.0), (98.9, 0.1), (96.4, 0.2), (98.0, 0.1)),
+        "MMD": ((95.6, 0.1), (98.9, 0.1), (99.0, 0.0), (99.0, 0.0), (98.9, 0.0), (96.0, 0.2), (97.9, 0.0)),
+        "DANN": ((95.0, 0.5), (98.9, 0.1), (99.0, 0.0), (99.0, 0.1), (98.9, 0.0), (96.3, 0.2), (97.8, 0.1)),
+        "CDANN": ((95.7, 0.2), (98.8, 0.0), (98.9, 0.1), (98.9, 0.1), (98.9, 0.1), (96.1, 0.3), (97.9, 0.1)),
+        "MTL": ((95.6, 0.1), (99.0, 0.1), (99.0, 0.0), (98.9, 0.1), (99.0, 0.1), (95.8, 0.2), (97.9, 0.0)),
+        "SagNet": ((95.9, 0.3), (98.9, 0.1), (99.0, 0.1), (99.1, 0.0), (99.0, 0.1), (96.3, 0.1), (98.0, 0.0)),
+        "ARM": ((96.7, 0.2), (99.1, 0.0), (99.0, 0.0), (99.0, 0.1), (99.1, 0.1), (96.5, 0.4), (98.2, 0.1)),
+        "VREx": ((95.9, 0.2), (99.0, 0.1), (98.9, 0.1), (98.9, 0.1), (98.7, 0.1), (96.2, 0.2), (97.9, 0.1)),
+        "RSC": ((94.8, 0.5), (98.7, 0.1), (98.8, 0.1), (98.8, 0.0), (98.9, 0.1), (95.9, 0.2), (97.6, 0.1)),
+    }),
+)
+
+
+def domainbed_mnist(dataset: str, selection: str) -> PublishedEnvironmentTable | None:
+    """DomainBed's published MNIST table of ``dataset`` under ``selection``, or None."""
+    return next((t for t in DOMAINBED_MNIST
+                 if t.dataset == dataset and t.selection == selection), None)

@@ -43,7 +43,7 @@ import numpy as np
 
 from .loading import domain_names as _domain_names
 from .published import DATASETS as PUBLISHED_DATASETS
-from .published import PublishedTable, canonical_dataset
+from .published import PublishedTable, canonical_dataset, domainbed_mnist
 from .selection import Selection, mean_and_stderr
 
 FORMATS = ("markdown", "latex", "csv", "text", "rich")
@@ -314,6 +314,61 @@ def _published_pair(kdg: float | None, published: float | None) -> list[Cell]:
     if kdg is None or published is None:
         return [pub, Cell(missing="—")]
     return [pub, Cell(kdg - published, signed=True)]
+
+
+def mnist_comparisons(tables: Sequence[Table]) -> list[Table]:
+    """kdg's ColoredMNIST / RotatedMNIST tables beside DomainBed's published ones.
+
+    For each dataset table of ``tables`` that DomainBed publishes under the
+    same selection (``kdg.report.published.DOMAINBED_MNIST``): one row per
+    algorithm and test environment, then its average (kdg's from the
+    averages table: mean over test environments per trial, then over
+    trials), with kdg's mean ± standard error, DomainBed's, the difference,
+    and whether it is inside DomainBed's standard error plus kdg's own.
+    """
+    averages = next((t for t in tables if t.kind == "averages"), None)
+    out = []
+    for dataset_tab in tables:
+        published = (domainbed_mnist(canonical_dataset(dataset_tab.dataset or ""),
+                                     dataset_tab.selection or "")
+                     if dataset_tab.kind == "dataset" else None)
+        if published is None:
+            continue
+        table = Table(title=f"{published.dataset}: kdg vs DomainBed (test-domain accuracy %, "
+                            f"selection: {published.selection})",
+                      kind="published", key_columns=["Algorithm", "Environment"],
+                      columns=["kdg", "DomainBed", "Δ", "inside"],
+                      dataset=published.dataset, selection=published.selection,
+                      unfinished_used=dataset_tab.unfinished_used)
+        table.notes = ["DomainBed: domainbed/results/2020_10_06_7df6f06 (MNIST_CNN, 20 "
+                       "hyperparameter samples x 3 trials); inside: |Δ| <= DomainBed's "
+                       "standard error + kdg's"]
+        environments = published.environments
+        for row in dataset_tab.rows:
+            algorithm = row.keys[0]
+            kdg_cells = [replace(c, best=False) for c in row.cells[:len(environments) - 1]]
+            if averages is not None and dataset_tab.dataset in averages.columns:
+                try:
+                    kdg_cells.append(replace(averages.cell(algorithm, dataset_tab.dataset),
+                                             best=False))
+                except KeyError:
+                    kdg_cells.append(Cell())
+            else:
+                kdg_cells.append(replace(row.cells[-1], best=False))
+            for environment, kdg in zip(environments, kdg_cells):
+                value = published.get(algorithm, environment)
+                cells = [kdg, Cell(None if value is None else value[0],
+                                   None if value is None else value[1], missing="—")]
+                if kdg.mean is None or value is None:
+                    cells += [Cell(missing="—"), Cell(missing="—")]
+                else:
+                    difference = kdg.mean - value[0]
+                    inside = abs(difference) <= value[1] + (kdg.stderr or 0.0) + 1e-9
+                    cells += [Cell(difference, signed=True), Cell(missing="yes" if inside else "no")]
+                table.rows.append(Row((algorithm, environment), cells))
+        table.incomplete = any(r.cells[0].incomplete for r in table.rows)
+        out.append(table)
+    return out
 
 
 def results_tables(selection: Selection,

