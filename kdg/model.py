@@ -27,9 +27,10 @@ from kdg import backend
 from kdg import layout
 from kdg import optimizers  # noqa: F401 (registered, for load_model of a model using them)
 from kdg import random as kdg_random
+from kdg import split as split_lib
 from kdg.algorithms.base import StepContext, flatten_domains
 
-_DG_KEYS = ("algorithm", "freeze_bn", "l2_weight_decay", "seed", "num_domains")
+_DG_KEYS = ("algorithm", "freeze_bn", "l2_weight_decay", "seed", "num_domains", "classifier")
 
 
 def _is_functional_call(args, kwargs):
@@ -87,6 +88,10 @@ class DGModel(backend.TrainStep, keras.Model):
             as ``model.num_domains``; `fit` takes it from kdg's training
             batches (`kdg.data.domain_batches`, `DGDataset.train_batches`)
             when the model has none. Saved in the model's config.
+        classifier: the name of the layer whose input is the features, for
+            the algorithms that act on features (`kdg.split`); default: the
+            layer that owns the last trainable variable. A subclass gives
+            attributes `featurizer` and `classifier` instead.
 
     Training batches are ``(x, y)`` with ``x`` of shape ``(D*B, ...)`` and
     integer labels ``y`` of shape ``(D*B,)``, example b of domain d at index
@@ -107,6 +112,7 @@ class DGModel(backend.TrainStep, keras.Model):
         l2_weight_decay=0.0,
         seed=None,
         num_domains=None,
+        classifier=None,
         **kwargs,
     ):
         if _is_functional_call(args, kwargs) and not isinstance(self, Functional):
@@ -134,12 +140,20 @@ class DGModel(backend.TrainStep, keras.Model):
         self.dg_loss_tracker = keras.metrics.Mean(name="loss")
         self._dg_algorithm_built = False
         self._dg_pending_algorithm_values = None
-        self._dg_configure(algorithm, freeze_bn, l2_weight_decay, seed, num_domains)
+        self._dg_configure(algorithm, freeze_bn, l2_weight_decay, seed, num_domains,
+                           classifier)
 
     def _dg_configure(self, algorithm=None, freeze_bn=False, l2_weight_decay=0.0,
-                      seed=None, num_domains=None):
+                      seed=None, num_domains=None, classifier=None):
         self.algorithm = algorithms_lib.get(algorithm)
         self.num_domains = num_domains
+        if classifier is not None and not isinstance(classifier, str):
+            raise TypeError(
+                f"classifier names the classifier layer (a string); got {classifier!r}. "
+                "A subclass gives attributes `featurizer` and `classifier` instead."
+            )
+        self.dg_classifier = classifier
+        object.__setattr__(self, "_dg_split", None)
         self.freeze_bn = bool(freeze_bn)
         self.l2_weight_decay = float(l2_weight_decay)
         self.seed = seed
@@ -205,6 +219,14 @@ class DGModel(backend.TrainStep, keras.Model):
             size = ops.shape(next(t for t in tree.flatten(x) if t is not None))[0]
             self.dg_loss_tracker.update_state(loss, sample_weight=size)
         return loss
+
+    @property
+    def dg_split(self):
+        """The model's featurizer / classifier split (`kdg.split.Split`),
+        found once; a ValueError saying how to name it if there is none."""
+        if self._dg_split is None:
+            object.__setattr__(self, "_dg_split", split_lib.find(self))
+        return self._dg_split
 
     def _dg_model_state_variables(self):
         return super().non_trainable_variables
@@ -406,6 +428,8 @@ class DGModel(backend.TrainStep, keras.Model):
             seed=self.seed,
             num_domains=self.num_domains,
         )
+        if self.dg_classifier is not None:
+            config["classifier"] = self.dg_classifier
         return config
 
 

@@ -9,12 +9,15 @@ the authors' code differ, DomainBed's protocol and the published numbers.
 from kdg.algorithm_names import normalize as normalize_name
 from kdg.algorithms.andmask import ANDMask
 from kdg.algorithms.base import Algorithm, StepContext
+from kdg.algorithms.coral import CORAL
 from kdg.algorithms.corgrad import CorGrad
 from kdg.algorithms.erm import ERM
 from kdg.algorithms.fish import Fish
 from kdg.algorithms.gga import GGA
 from kdg.algorithms.ggal import GGAL
 from kdg.algorithms.gsam import GSAM
+from kdg.algorithms.mmd import MMD
+from kdg.algorithms.rsc import RSC
 from kdg.algorithms.sagm import SAGM
 from kdg.algorithms.sam import SAM
 from kdg.algorithms.sandmask import SANDMask
@@ -32,6 +35,9 @@ ALGORITHMS = {cls.name: cls for cls in (
     SAGM,
     ANDMask,
     SANDMask,
+    MMD,
+    CORAL,
+    RSC,
 )}
 
 
@@ -72,12 +78,15 @@ __all__ = [
     "ALGORITHMS",
     "ANDMask",
     "Algorithm",
+    "CORAL",
     "CorGrad",
     "ERM",
     "Fish",
     "GGA",
     "GGAL",
     "GSAM",
+    "MMD",
+    "RSC",
     "SAGM",
     "SAM",
     "SANDMask",

@@ -200,6 +200,26 @@ class StepContext:
     trainable variables' values) and model state (`state`, the values of
     `model.non_trainable_variables`); by default the variables' current values.
     They never assign: the algorithm decides what to keep.
+
+    Features and classifier (`kdg.split`: DomainBed's ``featurizer`` and
+    ``classifier``): `features(x, params, state)` gives (features, new
+    state) and `classify(features, params)` the model's output from them;
+    `forward(x, params, state)` is the whole model and `compiled_loss(y,
+    y_pred, params)` the compiled loss. An algorithm's own objective written
+    with them is differentiated by `value_and_grad(fn)`, over the model's
+    `params` or over any list of tensors (the features, its own weights).
+    Inputs here are ordinary (N, ...) batches (`flatten_domains(x)` or
+    `domain(x, d)` of the step's x).
+
+    An algorithm's own state: networks (Keras layers it builds in
+    `build(model)`), their optimizers and other variables (moving averages,
+    domain weights) are listed by its `variables` property. They are then
+    part of the model's non-trainable state: carried by JAX's stateless step,
+    saved by `model.save` and the run's checkpoint, and restored. In `step`
+    the algorithm reads them (`v.value`), differentiates its objective with
+    `value_and_grad` over their values (`layer.stateless_call`), and updates
+    them with its own optimizer (`optimizer.apply(grads, variables)`) or
+    `assign`. `kdg bench` counts their trainable parameters (`own_params`).
     """
 
     def __init__(self, model, key):
@@ -282,6 +302,71 @@ class StepContext:
 
         state, (losses, grads, preds) = backend.scan(one_domain, state, (x, y))
         return losses, list(grads), flatten_domains(preds), state
+
+    # -- the network as featurizer and classifier (kdg.split) ----------------
+    def _part(self, which):
+        """A part of the model's split and where its variables sit in
+        `params()` and `state()` (by identity, once per step)."""
+        parts = self.__dict__.setdefault("_parts", {})
+        if which not in parts:
+            layer = getattr(self.model.dg_split, which)
+            params = {id(v): i for i, v in enumerate(self.variables)}
+            state = {id(v): i for i, v in enumerate(self._state_refs)}
+            parts[which] = (
+                layer,
+                [params[id(v)] for v in layer.trainable_variables],
+                [state[id(v)] for v in layer.non_trainable_variables],
+            )
+        return parts[which]
+
+    def _call_part(self, which, inputs, params, state, training):
+        params = self.params() if params is None else params
+        state = self.state() if state is None else state
+        layer, p_index, s_index = self._part(which)
+        out, new = layer.stateless_call(
+            [params[i] for i in p_index], [state[i] for i in s_index], inputs,
+            training=training,
+        )
+        state = list(state)
+        for i, value in zip(s_index, new):
+            state[i] = value
+        return out, state
+
+    def features(self, x, params=None, state=None, training=True):
+        """The featurizer's output on a batch (N, ...): (features, new_state).
+        `params`/`state` as for `loss`; keep the new state with `set_state`."""
+        return self._call_part("featurizer", x, params, state, training)
+
+    def classify(self, features, params=None, state=None, training=True):
+        """The classifier part on features: the model's output (logits).
+        `classify(features(x)[0])` is the model's output on x. The classifier's
+        own state, if it has any, is read, not updated."""
+        return self._call_part("classifier", features, params, state, training)[0]
+
+    def forward(self, x, params=None, state=None, training=True):
+        """The whole model on a batch (N, ...): (y_pred, new_state)."""
+        params = self.params() if params is None else params
+        state = self.state() if state is None else state
+        return self.model.stateless_call(params, state, x, training=training)
+
+    def compiled_loss(self, y, y_pred, params=None, state=None):
+        """The compiled loss (e.g. the mean cross-entropy) of predictions on a
+        batch, with the model's regularization losses at `params`."""
+        params = self.params() if params is None else params
+        state = self.state() if state is None else state
+        return self.model.stateless_compute_loss(
+            params, state, self._metrics_values, y=y, y_pred=y_pred
+        )[0]
+
+    @staticmethod
+    def value_and_grad(fn):
+        """For `fn(params, *args) -> (loss, aux)`, a list `params` of tensors
+        (e.g. `ctx.params()`, or any tensors: features, an algorithm's own
+        weights), the function `(params, *args) -> ((loss, aux), grads)`
+        (`kdg.backend.value_and_grad`). `fn` must be stateless: it uses
+        `features`, `classify`, `forward`, `compiled_loss` with explicit
+        values."""
+        return backend.value_and_grad(fn)
 
     # -- changing the model ------------------------------------------------
     def set_state(self, state):

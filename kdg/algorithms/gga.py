@@ -19,8 +19,10 @@ parameter values; the trials evaluate the model and never change its state
 (BatchNorm statistics, dropout seeds).
 
 Perturbed variables (`perturb`): "features" (default, as the reference:
-every trainable variable but the classifier head, i.e. the variables of the
-layer that owns the last trainable variable), "all", or a regular expression
+every trainable variable but the classifier's, as `kdg.split` finds the
+classifier: by default the layer that owns the last trainable variable, or
+the one the model names; a model without a split: the variables of the layer
+that owns the last trainable variable), "all", or a regular expression
 matched against variable paths. Moving statistics are never perturbed.
 
 `temperature > 0` switches to Metropolis acceptance (the paper's simulated
@@ -41,6 +43,7 @@ import re
 from keras import ops
 
 from kdg import random as kdg_random
+from kdg import split
 from kdg.algorithms.base import Algorithm, choice, flatten_domains, integer, number, other
 from kdg.ops import cosine_stats
 
@@ -127,13 +130,13 @@ class GGA(Algorithm):
         variable of `model` to perturb (a model that is only a classifier head
         has no features). Called when the model is built, before any step."""
         if self.end_step >= 0:
-            self.perturbed(model.trainable_variables)
+            self.perturbed(model.trainable_variables, model)
 
     @property
     def variables(self):
         return self.base.variables
 
-    def perturbed(self, variables):
+    def perturbed(self, variables, model=None):
         """Indices of the variables the search perturbs; a ValueError naming
         `perturb` if there are none."""
         paths = [v.path for v in variables]
@@ -141,7 +144,14 @@ class GGA(Algorithm):
             index = list(range(len(paths)))
         elif self.perturb == "features":
             head = paths[-1].rsplit("/", 1)[0] + "/" if paths else ""
-            index = [i for i, p in enumerate(paths) if not p.startswith(head)]
+            try:  # the model's featurizer / classifier split, shared with the algorithms
+                classifier = {id(v) for v in split.classifier_variables(model)}
+            except (ValueError, AttributeError):
+                classifier = None
+            if classifier:
+                index = [i for i, v in enumerate(variables) if id(v) not in classifier]
+            else:
+                index = [i for i, p in enumerate(paths) if not p.startswith(head)]
         else:
             pattern = re.compile(self.perturb)
             index = [i for i, p in enumerate(paths) if pattern.search(p)]
@@ -217,7 +227,7 @@ class GGA(Algorithm):
         if self.end_step < 0:
             before, after, accepted = nan, nan, zero
         else:
-            index = self.perturbed(ctx.variables)
+            index = self.perturbed(ctx.variables, ctx.model)
             subset = [ctx.variables[i].value for i in index]
             in_window = ops.logical_and(
                 ctx.step >= self.start_step, ctx.step <= self.end_step
