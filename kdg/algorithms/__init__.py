@@ -12,8 +12,9 @@ from kdg.algorithms.erm import ERM
 from kdg.algorithms.fish import Fish
 from kdg.algorithms.gga import GGA
 from kdg.algorithms.ggal import GGAL
+from kdg.algorithms.vrex import VREx
 
-ALGORITHMS = {cls.name: cls for cls in (ERM, Fish, CorGrad, GGA, GGAL)}
+ALGORITHMS = {cls.name: cls for cls in (ERM, Fish, CorGrad, GGA, GGAL, VREx)}
 
 
 def serialize(algorithm):
@@ -54,6 +55,7 @@ __all__ = [
     "GGA",
     "GGAL",
     "StepContext",
+    "VREx",
     "deserialize",
     "get",
     "serialize",

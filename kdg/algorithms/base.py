@@ -304,3 +304,32 @@ class StepContext:
             + [v for opt in optimizers for v in opt.variables]
         )
         return backend.stateful_cond(pred, true_fn, false_fn, variables)
+
+    # -- custom objectives (GroupDRO, IRM, VREx, Mixup, MLDG) ------------------
+    def forward(self, x, params=None, state=None, training=True):
+        """The network's stateless forward pass: (y_pred, new_state)."""
+        params = self.params() if params is None else params
+        state = self.state() if state is None else state
+        return self.model.stateless_call(params, state, x, training=training)
+
+    def compiled_loss(self, y, y_pred, params=None, state=None):
+        """The model's compiled loss of `y_pred` (with its weight
+        regularization losses at `params`, as `loss` has them)."""
+        params = self.params() if params is None else params
+        state = self.state() if state is None else state
+        loss, _ = self.model.stateless_compute_loss(
+            params, state, self._metrics_values, y=y, y_pred=y_pred
+        )
+        return loss
+
+    def value_and_grad(self, fn):
+        """For `fn(params, *args) -> (value, aux)`: a function `(params,
+        *args) -> ((value, aux), grads)`, the gradients with respect to
+        `params` (a list of tensors, e.g. `ctx.params()`)."""
+        grad_fn = backend.value_and_grad(fn)
+
+        def wrapped(params, *args):
+            (value, aux), grads = grad_fn(params, *args)
+            return (value, aux), list(grads)
+
+        return wrapped
