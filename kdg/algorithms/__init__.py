@@ -12,9 +12,13 @@ from kdg.algorithms.erm import ERM
 from kdg.algorithms.fish import Fish
 from kdg.algorithms.gga import GGA
 from kdg.algorithms.ggal import GGAL
+from kdg.algorithms.groupdro import GroupDRO
+from kdg.algorithms.irm import IRM
+from kdg.algorithms.mixup import Mixup
+from kdg.algorithms.mldg import MLDG
 from kdg.algorithms.vrex import VREx
 
-ALGORITHMS = {cls.name: cls for cls in (ERM, Fish, CorGrad, GGA, GGAL, VREx)}
+ALGORITHMS = {cls.name: cls for cls in (ERM, Fish, CorGrad, GGA, GGAL, VREx, GroupDRO, IRM, Mixup, MLDG)}
 
 
 def serialize(algorithm):
@@ -54,6 +58,10 @@ __all__ = [
     "Fish",
     "GGA",
     "GGAL",
+    "GroupDRO",
+    "IRM",
+    "MLDG",
+    "Mixup",
     "StepContext",
     "VREx",
     "deserialize",
