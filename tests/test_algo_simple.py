@@ -281,27 +281,25 @@ def two_layer(algorithm, values=None, lr=0.1):
 
 
 @pytest.mark.parametrize("base", BASES, ids=lambda b: b.name)
-def test_gga_around_each_is_the_base_step_outside_the_window_and_search_then_step_inside(data, base):
+def test_gga_around_each_searches_then_steps_inside_the_window_and_only_steps_outside(data, base):
     x, y = data
     config = kdg.algorithms.serialize(base)
     make = lambda: kdg.algorithms.deserialize(config)
-    plain = two_layer(make())
-    outside = two_layer(GGA(base=make(), start_step=5, end_step=9, trials=3, rho=0.1))
-    train(plain, x, y, 2)
-    logs = train(outside, x, y, 2)
-    assert_weights(outside, weights(plain))
-    assert logs["gga_accepted"] == 0
-    # inside: with lr 0 the weights after the step are the search's theta_best
-    searched = two_layer(GGA(base=make(), start_step=0, end_step=0, trials=20, rho=0.05), lr=0.0)
-    inside = two_layer(GGA(base=make(), start_step=0, end_step=0, trials=20, rho=0.05))
-    logs = train(inside, x, y, 1)
+    gga = lambda: GGA(base=make(), start_step=0, end_step=0, trials=20, rho=0.05)
+    # with lr 0 the weights after the step are the search's theta_best
+    searched, model = two_layer(gga(), lr=0.0), two_layer(gga())
     train(searched, x, y, 1)
+    logs = train(model, x, y, 1)
     assert logs["gga_accepted"] > 0
     best = weights(searched)
     assert np.abs(best[0] - two_layer(make()).get_weights()[0]).max() > 0
-    then_base = two_layer(make(), values=best)
-    train(then_base, x, y, 1)
-    assert_weights(inside, weights(then_base))
+    base_model = two_layer(make(), values=best)
+    train(base_model, x, y, 1)
+    assert_weights(model, weights(base_model))  # step 0: the search, then the base's step
+    logs = train(model, x, y, 1)
+    train(base_model, x, y, 1)
+    assert_weights(model, weights(base_model))  # step 1, outside the window: the base's step
+    assert logs["gga_accepted"] == 0
 
 
 @pytest.mark.parametrize("base", [GroupDRO(eta=0.5), MLDG(n_meta_test=1)], ids=lambda b: b.name)
