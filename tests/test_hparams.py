@@ -248,7 +248,7 @@ def test_switching_the_wrapped_algorithm_names_the_base_section(tmp_path):
     path.write_text(GGAL_RECIPE.replace("{name: ggal, gamma: 0.01, noise: uniform}",
                                         "{name: gga, base: {name: corgrad, alpha: 0.7}, trials: 3}"))
     with pytest.raises(RecipeError, match=(
-            r"algorithm\.base\.alpha: alpha is a parameter of corgrad, not of fish: to switch "
+            r"algorithm\.base\.alpha: alpha is a parameter of corgrad( and mixup)?, not of fish: to switch "
             r"algorithm, replace the whole section: --set 'algorithm\.base=\{name: fish\}'")):
         recipes.load_recipe(path, ["algorithm.base.name=fish"])
     recipe = recipes.load_recipe(path, ["algorithm.base={name: fish}"])
