@@ -97,3 +97,34 @@ def tree_noise(shapes, key, kind):
         out.append(ops.reshape(draw(n, streams, offset), tuple(shape)))
         offset += n
     return out
+
+
+def _log_gamma_variates(shape, key, a, tries=16):
+    """log of Gamma(a, 1) variates: Marsaglia and Tsang's method on Gamma(a + 1)
+    (`tries` candidates each, the first accepted one; one is accepted with
+    probability > 0.95), times U ** (1 / a). In log space, so that small
+    shapes (Gamma(0.2) is often below float32's range) stay finite."""
+    n = math.prod(shape)
+    d = a + 1.0 - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    z = ops.reshape(normal((tries * n,), fold_in(key, 1)), (tries, n))
+    u = ops.reshape(uniform((tries * n,), fold_in(key, 2)), (tries, n))
+    v = ops.power(ops.maximum(1.0 + c * z, 1e-6), 3.0)
+    log_v = ops.log(v)
+    ok = ops.logical_and(
+        1.0 + c * z > 0,
+        ops.log(1.0 - u) < 0.5 * z * z + d - d * v + d * log_v,
+    )
+    first = ops.argmax(ops.cast(ok, "int32"), axis=0)
+    pick = ops.take_along_axis(log_v, ops.expand_dims(first, 0), axis=0)[0]
+    log_g = math.log(d) + pick  # log(d * v): Gamma(a + 1)
+    boost = ops.log(1.0 - uniform((n,), fold_in(key, 3))) / a  # log U ** (1 / a)
+    return ops.reshape(log_g + boost, shape)
+
+
+def beta(shape, key, a, b):
+    """float32 Beta(a, b) numbers: X / (X + Y), X ~ Gamma(a), Y ~ Gamma(b),
+    the same on every backend."""
+    log_x = _log_gamma_variates(shape, fold_in(key, 11), float(a))
+    log_y = _log_gamma_variates(shape, fold_in(key, 12), float(b))
+    return ops.sigmoid(log_x - log_y)

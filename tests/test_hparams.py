@@ -91,6 +91,17 @@ REFUSED = [
     ({"name": "andmask", "tau": 1.5}, "tau", r"a number in \[0, 1\]", False),
     ({"name": "sandmask", "tau": -0.5}, "tau", r"a number in \[0, 1\]", False),
     ({"name": "sandmask", "k": 0}, "k", "a number > 0", False),
+    ({"name": "groupdro", "eta": -0.01}, "eta", "a number >= 0", False),
+    ({"name": "groupdro", "num_domains": 0}, "num_domains", "an integer >= 1 or None", False),
+    ({"name": "irm", "penalty_weight": -1}, "penalty_weight", "a number >= 0", False),
+    ({"name": "irm", "anneal_steps": 2.5}, "anneal_steps", "an integer >= 0", True),
+    ({"name": "irm", "rescale_loss": "yes"}, "rescale_loss", "true or false", True),
+    ({"name": "vrex", "penalty_weight": "big"}, "penalty_weight", "a number >= 0", True),
+    ({"name": "vrex", "anneal_steps": -1}, "anneal_steps", "an integer >= 0", False),
+    ({"name": "vrex", "rescale_loss": 1}, "rescale_loss", "true or false", True),
+    ({"name": "mixup", "alpha": 0}, "alpha", "a number > 0", False),
+    ({"name": "mldg", "beta": -1.0}, "beta", "a number >= 0", False),
+    ({"name": "mldg", "n_meta_test": 0}, "n_meta_test", "an integer >= 1", False),
 ]
 
 

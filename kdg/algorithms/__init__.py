@@ -15,12 +15,17 @@ from kdg.algorithms.erm import ERM
 from kdg.algorithms.fish import Fish
 from kdg.algorithms.gga import GGA
 from kdg.algorithms.ggal import GGAL
+from kdg.algorithms.groupdro import GroupDRO
 from kdg.algorithms.gsam import GSAM
+from kdg.algorithms.irm import IRM
+from kdg.algorithms.mixup import Mixup
+from kdg.algorithms.mldg import MLDG
 from kdg.algorithms.mmd import MMD
 from kdg.algorithms.rsc import RSC
 from kdg.algorithms.sagm import SAGM
 from kdg.algorithms.sam import SAM
 from kdg.algorithms.sandmask import SANDMask
+from kdg.algorithms.vrex import VREx
 
 #: The registry: each algorithm's class under its `name`, where its title,
 #: hyperparameters (`hparams`) and search space (`search_space`) are found.
@@ -38,6 +43,11 @@ ALGORITHMS = {cls.name: cls for cls in (
     MMD,
     CORAL,
     RSC,
+    VREx,
+    GroupDRO,
+    IRM,
+    Mixup,
+    MLDG,
 )}
 
 
@@ -85,12 +95,18 @@ __all__ = [
     "GGA",
     "GGAL",
     "GSAM",
+    "GroupDRO",
+    "IRM",
+    "MLDG",
     "MMD",
+    "Mixup",
     "RSC",
     "SAGM",
     "SAM",
     "SANDMask",
+    "VREx",
     "StepContext",
+    "VREx",
     "deserialize",
     "get",
     "lookup",

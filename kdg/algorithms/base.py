@@ -363,10 +363,16 @@ class StepContext:
         """For `fn(params, *args) -> (loss, aux)`, a list `params` of tensors
         (e.g. `ctx.params()`, or any tensors: features, an algorithm's own
         weights), the function `(params, *args) -> ((loss, aux), grads)`
-        (`kdg.backend.value_and_grad`). `fn` must be stateless: it uses
-        `features`, `classify`, `forward`, `compiled_loss` with explicit
-        values."""
-        return backend.value_and_grad(fn)
+        (`kdg.backend.value_and_grad`, grads a list). `fn` must be stateless:
+        it uses `features`, `classify`, `forward`, `compiled_loss` with
+        explicit values."""
+        grad_fn = backend.value_and_grad(fn)
+
+        def wrapped(params, *args):
+            (value, aux), grads = grad_fn(params, *args)
+            return (value, aux), list(grads)
+
+        return wrapped
 
     # -- changing the model ------------------------------------------------
     def set_state(self, state):
