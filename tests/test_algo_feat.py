@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 import torch
-from conftest import make_data
+from conftest import make_data, train_on_domains
 
 import kdg
 from kdg.algorithms import CORAL, GGA, MMD, RSC
@@ -19,7 +19,7 @@ F = torch.nn.functional
 
 def train(model, x, y, steps):  # x (D, B, ...), y (D, B)
     for _ in range(steps):
-        logs = model.train_on_batch(x, y, return_dict=True)
+        logs = train_on_domains(model, x, y, return_dict=True)
     return logs
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import softmax_regression, weights
+from conftest import softmax_regression, train_on_domains, weights
 
 import kdg
 import reference as ref
@@ -22,7 +22,7 @@ TOL = dict(rtol=2e-5, atol=2e-6)
 def train(model, x, y, steps):  # x (D, B, ...), y (D, B)
     logs = None
     for _ in range(steps):
-        logs = model.train_on_batch(x, y, return_dict=True)
+        logs = train_on_domains(model, x, y, return_dict=True)
     return logs
 
 

@@ -5,7 +5,7 @@ restored, and the steps after a reload identical to uninterrupted ones."""
 
 import keras
 import numpy as np
-from conftest import make_data
+from conftest import make_data, train_on_domains
 from keras import ops
 
 import kdg
@@ -18,7 +18,7 @@ LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 def train(model, x, y, steps):  # x (D, B, ...), y (D, B)
     for _ in range(steps):
-        logs = model.train_on_batch(x, y, return_dict=True)
+        logs = train_on_domains(model, x, y, return_dict=True)
     return logs
 
 
@@ -26,7 +26,7 @@ class AuxHead(Algorithm):
     """ERM on the model, and an auxiliary head on the (fixed) features,
     trained by its own Adam; `ema` is a moving average of its loss."""
 
-    name = "aux_head"
+    name = "auxhead"
     hparams = {"lr": number(0, low_open=True)}
 
     def __init__(self, lr=0.1):

@@ -6,7 +6,7 @@ subclasses and kdg.wrap."""
 import keras
 import numpy as np
 import pytest
-from conftest import make_data
+from conftest import make_data, train_on_domains
 
 import kdg
 import kdg.models
@@ -19,7 +19,7 @@ LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 def train(model, x, y, steps):  # x (D, B, ...), y (D, B)
     for _ in range(steps):
-        logs = model.train_on_batch(x, y, return_dict=True)
+        logs = train_on_domains(model, x, y, return_dict=True)
     return logs
 
 
