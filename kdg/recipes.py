@@ -368,6 +368,10 @@ def check_dataset(recipe: Recipe):
         options["image_size"] = cfg.image_size
     if info.kind not in ("mnist", "digits"):
         options["augment"] = cfg.augment
+    if info.kind == "mnist":
+        # DomainBed builds RotatedMNIST/ColoredMNIST anew in every run (its
+        # shuffle and coin flips seeded by the run): each trial gets its own.
+        options["data_seed"] = recipe.training.trial_seed
     try:
         dataset = data.load(cfg.name, cfg.root, path=cfg.path, **options)
     except data.DataError as error:

@@ -55,3 +55,18 @@ def test_short_training_on_real_mnist(name, mnist_root, tmp_path):
         y = dataset.sources[i].labels[split.indices]
         predicted = np.argmax(keras.ops.convert_to_numpy(model.predict(x, verbose=0)), -1)
         assert record[f"env{i}_out_acc"] == pytest.approx((predicted == y).mean(), abs=1e-6)
+
+
+def test_each_trial_builds_its_own_environments(mnist_root):
+    """DomainBed builds the MNIST environments anew in every run, seeded by the
+    run: kdg seeds them with the recipe's trial_seed (the same environments
+    for every algorithm of one trial, others in the next trial)."""
+    def labels(trial_seed):
+        recipe = recipes.load_recipe(RECIPES / "erm_coloredmnist.yaml", [
+            f"dataset.root={mnist_root}", f"training.trial_seed={trial_seed}"])
+        dataset = recipes.check_dataset(recipe)
+        return [np.asarray(source.labels) for source in dataset.sources]
+
+    first, again, other = labels(0), labels(0), labels(1)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not any(np.array_equal(a, b) for a, b in zip(first, other))
