@@ -55,6 +55,11 @@ class ModelConfig(_Section):
     pretrained: bool = True
     freeze_bn: bool = True
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    mixstyle_layers: list[int] = Field(
+        default_factory=list,
+        description="ResNets: ResNet stages (1-4) followed by a kdg.layers.MixStyle "
+        "(algorithm mixstyle: [1, 2, 3])",
+    )
 
 
 class AlgorithmConfig(BaseModel):

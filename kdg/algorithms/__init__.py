@@ -12,8 +12,9 @@ from kdg.algorithms.erm import ERM
 from kdg.algorithms.fish import Fish
 from kdg.algorithms.gga import GGA
 from kdg.algorithms.ggal import GGAL
+from kdg.algorithms.mixstyle import MixStyle
 
-ALGORITHMS = {cls.name: cls for cls in (ERM, Fish, CorGrad, GGA, GGAL)}
+ALGORITHMS = {cls.name: cls for cls in (ERM, Fish, CorGrad, GGA, GGAL, MixStyle)}
 
 
 def serialize(algorithm):
@@ -53,6 +54,7 @@ __all__ = [
     "Fish",
     "GGA",
     "GGAL",
+    "MixStyle",
     "StepContext",
     "deserialize",
     "get",
