@@ -7,14 +7,17 @@ the authors' code differ, DomainBed's protocol and the published numbers.
 """
 
 from kdg.algorithms.base import Algorithm, StepContext
+from kdg.algorithms.coral import CORAL
 from kdg.algorithms.corgrad import CorGrad
 from kdg.algorithms.erm import ERM
 from kdg.algorithms.fish import Fish
 from kdg.algorithms.gga import GGA
 from kdg.algorithms.ggal import GGAL
 from kdg.algorithms.mixstyle import MixStyle
+from kdg.algorithms.mmd import MMD
+from kdg.algorithms.rsc import RSC
 
-ALGORITHMS = {cls.name: cls for cls in (ERM, Fish, CorGrad, GGA, GGAL, MixStyle)}
+ALGORITHMS = {cls.name: cls for cls in (ERM, Fish, CorGrad, GGA, GGAL, CORAL, MMD, RSC, MixStyle)}
 
 
 def serialize(algorithm):
@@ -49,12 +52,15 @@ def get(identifier):
 __all__ = [
     "ALGORITHMS",
     "Algorithm",
+    "CORAL",
     "CorGrad",
     "ERM",
     "Fish",
     "GGA",
     "GGAL",
+    "MMD",
     "MixStyle",
+    "RSC",
     "StepContext",
     "deserialize",
     "get",

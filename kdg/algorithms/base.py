@@ -192,6 +192,26 @@ class StepContext:
     trainable variables' values) and model state (`state`, the values of
     `model.non_trainable_variables`); by default the variables' current values.
     They never assign: the algorithm decides what to keep.
+
+    Features and classifier (`kdg.split`: DomainBed's ``featurizer`` and
+    ``classifier``): `features(x, params, state)` gives (features, new
+    state) and `classify(features, params)` the model's output from them;
+    `forward(x, params, state)` is the whole model and `compiled_loss(y,
+    y_pred, params)` the compiled loss. An algorithm's own objective written
+    with them is differentiated by `value_and_grad(fn)`, over the model's
+    `params` or over any list of tensors (the features, its own weights).
+    Inputs here are ordinary (N, ...) batches (`flatten_domains(x)` or
+    `domain(x, d)` of the step's x).
+
+    An algorithm's own state: networks (Keras layers it builds in
+    `build(model)`), their optimizers and other variables (moving averages,
+    domain weights) are listed by its `variables` property. They are then
+    part of the model's non-trainable state: carried by JAX's stateless step,
+    saved by `model.save` and the run's checkpoint, and restored. In `step`
+    the algorithm reads them (`v.value`), differentiates its objective with
+    `value_and_grad` over their values (`layer.stateless_call`), and updates
+    them with its own optimizer (`optimizer.apply(grads, variables)`) or
+    `assign`. `kdg bench` counts their trainable parameters (`own_params`).
     """
 
     def __init__(self, model, key):

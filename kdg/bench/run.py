@@ -252,6 +252,10 @@ def run(config):
     any_model = next(iter(models.values()))
     result["params"] = sum(int(np.prod(v.shape)) for v in any_model.trainable_variables)
     result["param_mb"] = result["params"] * 4 / 2 ** 20
+    for name, model in models.items():  # trained by the algorithm's own optimizers
+        own = [v for v in model.algorithm.variables if v.trainable]
+        if own and name in result["algorithms"]:
+            result["algorithms"][name]["own_params"] = sum(int(np.prod(v.shape)) for v in own)
     if "gga" in models:
         model = models["gga"]
         record = result["algorithms"]["gga"]
