@@ -190,3 +190,18 @@ def test_mixstyle_needs_mixstyle_layers_and_resnet_option():
 
 def test_a_model_with_mixstyle_is_batch_dependent():
     assert mixstyle_net(kdg.algorithms.MixStyle())._dg_batch_dependent()
+
+
+def test_recipe_asks_for_mixstyle_layers():
+    from pathlib import Path
+
+    from kdg import recipes
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "erm_pacs.yaml"
+    recipe = recipes.load_recipe(path, ["algorithm={name: mixstyle}",
+                                        "model.mixstyle_layers=[1, 2, 3]"])
+    assert recipe.model.mixstyle_layers == [1, 2, 3]
+    with pytest.raises(recipes.RecipeError, match=r"model\.mixstyle_layers: only the resnet18"):
+        recipes.load_recipe(path, ["model.mixstyle_layers=[1]", "model.backbone=mlp"])
+    with pytest.raises(recipes.RecipeError, match=r"model\.mixstyle_layers: distinct ResNet"):
+        recipes.load_recipe(path, ["model.mixstyle_layers=[1, 5]"])
