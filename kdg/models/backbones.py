@@ -8,7 +8,9 @@ images ``(B, H, W, C)`` (channels last) to features: a feature map
   With ``pretrained=True`` the ImageNet weights of keras-hub's presets
   ``resnet_18_imagenet`` / ``resnet_50_imagenet`` (found as described in
   `kdg.models.presets`); with ``pretrained=False`` the same architecture,
-  randomly initialised, built without the network.
+  randomly initialised, built without the network. Options
+  ``mixstyle_layers`` (e.g. ``(1, 2, 3)``), ``mixstyle_p``, ``mixstyle_alpha``:
+  a `kdg.layers.MixStyle` after those ResNet stages (`insert_mixstyle`).
 - ``mnist_cnn``: DomainBed's ``MNIST_CNN`` (RotatedMNIST, ColoredMNIST).
 - ``mlp``: DomainBed's ``MLP`` featurizer.
 - ``small_cnn``: a tiny convolutional net for quick runs on small images.
