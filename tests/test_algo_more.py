@@ -205,3 +205,16 @@ def test_recipe_asks_for_mixstyle_layers():
         recipes.load_recipe(path, ["model.mixstyle_layers=[1]", "model.backbone=mlp"])
     with pytest.raises(recipes.RecipeError, match=r"model\.mixstyle_layers: distinct ResNet"):
         recipes.load_recipe(path, ["model.mixstyle_layers=[1, 5]"])
+
+
+def test_mixstyle_model_round_trips_through_save(tmp_path):
+    x, y = mixstyle_data()
+    model = mixstyle_net(kdg.algorithms.MixStyle())
+    train(model, x, y, 1)
+    model.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras")
+    assert isinstance(again.algorithm, kdg.algorithms.MixStyle)
+    layer = again.get_layer("ms")
+    assert isinstance(layer, kdg.layers.MixStyle) and (layer.p, layer.alpha) == (1.0, 0.3)
+    np.testing.assert_allclose(np_(again.predict(x[1], verbose=0)),
+                               np_(model.predict(x[1], verbose=0)), rtol=1e-6)
