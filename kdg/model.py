@@ -286,12 +286,14 @@ class DGModel(backend.TrainStep, keras.Model):
 
     def _dg_batch_dependent(self):
         """True if a layer computes statistics across the batch in training
-        (BatchNorm not frozen): then a concatenated batch is not the mean of
-        its per-domain parts."""
+        (BatchNorm not frozen), or mixes its examples (a layer whose
+        ``mixes_batch`` is true, kdg.layers.MixStyle): then a concatenated
+        batch is not the mean of its per-domain parts."""
         return any(
-            isinstance(layer, keras.layers.BatchNormalization)
-            and layer.trainable
-            and not _is_frozen(layer)
+            (isinstance(layer, keras.layers.BatchNormalization)
+             and layer.trainable
+             and not _is_frozen(layer))
+            or getattr(layer, "mixes_batch", False) is True
             for layer in self._flatten_layers(include_self=False)
         )
 

@@ -68,6 +68,11 @@ class ModelConfig(_Section):
     pretrained: bool = True
     freeze_bn: bool = True
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    mixstyle_layers: list[int] = Field(
+        default_factory=list,
+        description="ResNets: ResNet stages (1-4) followed by a kdg.layers.MixStyle "
+        "(algorithm mixstyle: [1, 2, 3])",
+    )
 
 
 class AlgorithmConfig(BaseModel):
@@ -313,6 +318,23 @@ def _check_backbone(backbone: str, problems: list[str]) -> None:
     problems.append(f"model.backbone: {unknown_backbone(backbone)}")
 
 
+def _check_mixstyle(model: ModelConfig, problems: list[str]) -> None:
+    from kdg.models.backbones import OPTIONS
+
+    takes = [name for name, options in OPTIONS.items() if "mixstyle_layers" in options]
+    if model.mixstyle_layers and model.backbone.strip().lower() not in takes:
+        problems.append(
+            f"model.mixstyle_layers: only the {' and '.join(takes)} backbones take MixStyle "
+            f"layers; backbone is {model.backbone!r}. Use one of them, or remove "
+            "mixstyle_layers.")
+    elif model.mixstyle_layers and (
+            sorted(set(model.mixstyle_layers)) != sorted(model.mixstyle_layers)
+            or not set(model.mixstyle_layers) <= {1, 2, 3, 4}):
+        problems.append(
+            f"model.mixstyle_layers: distinct ResNet stages among 1..4 (the MixStyle code "
+            f"uses [1, 2, 3]); given {model.mixstyle_layers}.")
+
+
 def validate(config: dict) -> Recipe:
     """A Recipe from a plain dict, or a RecipeError naming every problem."""
     try:
@@ -322,6 +344,7 @@ def validate(config: dict) -> Recipe:
     problems: list[str] = []
     _check_algorithm(recipe.algorithm.model_dump(), "algorithm", problems, recipe.training.steps)
     _check_backbone(recipe.model.backbone, problems)
+    _check_mixstyle(recipe.model, problems)
     if problems:
         raise invalid(problems)
     return recipe

@@ -109,6 +109,8 @@ def build_model(recipe: recipes.Recipe, dataset):
         freeze_bn=recipe.model.freeze_bn,
         l2_weight_decay=0.0 if decoupled else training.weight_decay,
         seed=training.seed,
+        **({"mixstyle_layers": recipe.model.mixstyle_layers}
+           if recipe.model.mixstyle_layers else {}),
     )
     kwargs = {"learning_rate": training.lr}
     if decoupled and training.weight_decay:

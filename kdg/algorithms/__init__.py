@@ -20,6 +20,7 @@ from kdg.algorithms.gsam import GSAM
 from kdg.algorithms.irm import IRM
 from kdg.algorithms.mixup import Mixup
 from kdg.algorithms.mldg import MLDG
+from kdg.algorithms.mixstyle import MixStyle
 from kdg.algorithms.mmd import MMD
 from kdg.algorithms.rsc import RSC
 from kdg.algorithms.sagm import SAGM
@@ -48,6 +49,7 @@ ALGORITHMS = {cls.name: cls for cls in (
     IRM,
     Mixup,
     MLDG,
+    MixStyle,
 )}
 
 
@@ -99,6 +101,7 @@ __all__ = [
     "IRM",
     "MLDG",
     "MMD",
+    "MixStyle",
     "Mixup",
     "RSC",
     "SAGM",

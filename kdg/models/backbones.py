@@ -8,7 +8,9 @@ images ``(B, H, W, C)`` (channels last) to features: a feature map
   With ``pretrained=True`` the ImageNet weights of keras-hub's presets
   ``resnet_18_imagenet`` / ``resnet_50_imagenet`` (found as described in
   `kdg.models.presets`); with ``pretrained=False`` the same architecture,
-  randomly initialised, built without the network.
+  randomly initialised, built without the network. Options
+  ``mixstyle_layers`` (e.g. ``(1, 2, 3)``), ``mixstyle_p``, ``mixstyle_alpha``:
+  a `kdg.layers.MixStyle` after those ResNet stages (`insert_mixstyle`).
 - ``mnist_cnn``: DomainBed's ``MNIST_CNN`` (RotatedMNIST, ColoredMNIST).
 - ``mlp``: DomainBed's ``MLP`` featurizer.
 - ``small_cnn``: a tiny convolutional net for quick runs on small images.
@@ -82,9 +84,10 @@ BACKBONES = {
 }
 
 # The options each built-in backbone takes, with their defaults.
+MIXSTYLE_OPTIONS = {"mixstyle_layers": (), "mixstyle_p": 0.5, "mixstyle_alpha": 0.1}
 OPTIONS = {
-    "resnet18": {},
-    "resnet50": {},
+    "resnet18": dict(MIXSTYLE_OPTIONS),
+    "resnet50": dict(MIXSTYLE_OPTIONS),
     "mnist_cnn": {},
     "mlp": {"mlp_width": 256, "mlp_depth": 3, "mlp_dropout": 0.0},
     "small_cnn": {"cnn_filters": (32, 64)},
@@ -124,7 +127,48 @@ def _as_list(value):
     return value if isinstance(value, (list, tuple)) else [value]
 
 
-def resnet(name, input_shape, *, pretrained=True, preset_dir=None):
+def resnet(name, input_shape, *, pretrained=True, preset_dir=None, mixstyle_layers=(),
+           mixstyle_p=0.5, mixstyle_alpha=0.1):
+    """keras-hub's ResNet ``name``; with ``mixstyle_layers`` (stages 1 to 4,
+    torchvision's ``layer1``..``layer4``), a `kdg.layers.MixStyle(p=mixstyle_p,
+    alpha=mixstyle_alpha)` after each of those stages (see `insert_mixstyle`)."""
+    backbone = _resnet(name, input_shape, pretrained=pretrained, preset_dir=preset_dir)
+    if mixstyle_layers:
+        backbone = insert_mixstyle(backbone, name, mixstyle_layers, p=mixstyle_p,
+                                   alpha=mixstyle_alpha)
+    return backbone
+
+
+def insert_mixstyle(backbone, name, stages, *, p=0.5, alpha=0.1):
+    """The ResNet ``backbone`` with a `kdg.layers.MixStyle` after each ResNet
+    stage in ``stages`` (1-based, as torchvision's ``layer1``..``layer4``;
+    the MixStyle code used with DomainBed puts it after stages 1, 2 and 3).
+    The layers (and pretrained weights) are shared with ``backbone``, not
+    copied; the result is a functional ``keras.Model`` named "backbone"."""
+    from kdg.layers import MixStyle
+
+    blocks = RESNET_ARCHITECTURES[name]["stackwise_num_blocks"]
+    stages = [stages] if isinstance(stages, int) else list(stages)
+    bad = [s for s in stages if isinstance(s, bool) or s not in range(1, len(blocks) + 1)]
+    if bad or len(set(stages)) != len(stages):
+        raise ValueError(
+            f"mixstyle_layers must list distinct ResNet stages among 1..{len(blocks)} "
+            f"(after layer1, layer2, ...; the MixStyle code uses [1, 2, 3]); given {stages!r}."
+        )
+    after = {f"stack{s - 1}_block{blocks[s - 1] - 1}_out": s for s in stages}
+
+    def call(layer, *args, **kwargs):
+        out = layer(*args, **kwargs)
+        if layer.name in after:
+            out = MixStyle(p=p, alpha=alpha, name=f"mixstyle{after[layer.name]}")(out)
+        return out
+
+    model = keras.models.clone_model(backbone, clone_function=lambda layer: layer,
+                                     call_function=call)
+    return keras.Model(model.input, model.output, name="backbone")
+
+
+def _resnet(name, input_shape, *, pretrained=True, preset_dir=None):
     import keras_hub
 
     input_shape = tuple(input_shape)
@@ -249,7 +293,8 @@ def build_backbone(name, input_shape, *, pretrained=True, preset_dir=None, **opt
     if key in BACKBONES:
         options = _options(key, options)
         if key in RESNET_ARCHITECTURES:
-            return resnet(key, input_shape, pretrained=pretrained, preset_dir=preset_dir)
+            return resnet(key, input_shape, pretrained=pretrained, preset_dir=preset_dir,
+                          **options)
         if preset_dir is not None:
             raise TypeError(f"Backbone {key!r} has no presets; preset_dir is not used by it.")
         return {"mnist_cnn": mnist_cnn, "mlp": mlp, "small_cnn": small_cnn}[key](
