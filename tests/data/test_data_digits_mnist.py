@@ -85,7 +85,7 @@ def test_colored_digits_construction(colored):
 
 def test_digits_batches_are_unit_range_floats(colored):
     x, y = next(iter(colored.train_batches(["p90", "m90"], batch_size=8, seed=0)))
-    assert x.shape == (2, 8, 16, 16, 2) and x.dtype == np.float32 and y.dtype == np.int32
+    assert x.shape == (16, 16, 16, 2) and y.shape == (16,) and x.dtype == np.float32 and y.dtype == np.int32
     assert 0.0 <= x.min() and x.max() <= 1.0
     x, y = next(iter(colored.eval_batches(colored.split(1, "out"), batch_size=500)))
     split = colored.split(1, "out")
@@ -97,7 +97,7 @@ def test_digits_image_size_option():
     ds = data.load("RotatedDigits", image_size=28)
     assert ds.input_shape == (28, 28, 1)
     x, _ = next(iter(ds.train_batches([0], batch_size=2)))
-    assert x.shape == (1, 2, 28, 28, 1)
+    assert x.shape == (2, 28, 28, 1)
 
 
 def test_missing_mnist_says_how_to_download(tmp_path):

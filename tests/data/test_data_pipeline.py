@@ -24,8 +24,9 @@ def take(batches, n):
 def test_train_batches_shape_dtype_and_labels(toy):
     batches = toy.train_batches(["alpha", "gamma"], batch_size=5, seed=1)
     x, y = next(iter(batches))
-    assert x.shape == (2, 5, SIZE, SIZE, 3) and x.dtype == np.float32
-    assert y.shape == (2, 5) and y.dtype == np.int32
+    assert x.shape == (10, SIZE, SIZE, 3) and x.dtype == np.float32  # D*B, kdg.layout's order
+    assert y.shape == (10,) and y.dtype == np.int32
+    assert batches.num_domains == 2
     assert set(np.unique(y)) <= {0, 1, 2}
     assert batches.num_batches is None
     with pytest.raises(TypeError, match="infinite"):
@@ -35,7 +36,7 @@ def test_train_batches_shape_dtype_and_labels(toy):
 def test_train_stream_is_infinite_and_visits_the_whole_in_split(toy):
     in_split = toy.split("beta", "in")  # 10 of 12 images
     batches = take(toy.train_batches(["beta"], batch_size=4, seed=0), 10)  # 40 draws
-    labels = np.concatenate([y[0] for _, y in batches])
+    labels = np.concatenate([y for _, y in batches])  # one domain: the batch is its minibatch
     source = toy.sources[1]
     assert np.bincount(labels, minlength=3).tolist() == np.bincount(
         np.repeat(source.labels[in_split.indices], 4), minlength=3).tolist()
@@ -88,7 +89,7 @@ def test_training_augments_and_can_be_switched_off(clean_folder):
         ds = data.load("custom", path=clean_folder, image_size=SIZE, augment=augment)
         in_split = ds.split("gamma", "in")
         references = np.concatenate([x for x, _ in ds.eval_batches(in_split)])
-        train = np.concatenate([x[0] for x, _ in take(ds.train_batches(["gamma"], 5), 4)])
+        train = np.concatenate([x for x, _ in take(ds.train_batches(["gamma"], 5), 4)])
         split_images[augment] = _nearest_distance(train, references)
     assert (split_images[False] < 1e-5).all()  # unaugmented: exactly eval's images
     assert (split_images[True] > 1e-2).mean() > 0.9  # augmented: (almost) never equal

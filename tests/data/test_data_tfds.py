@@ -46,7 +46,7 @@ def test_tfds_source_selects_indices_and_feeds_the_pipeline():
     ds = DGDataset("DomainNetTFDS", ["a", "b"], ["A", "B"], classes, (8, 8, 3),
                    [source, TFDSSource(joined, 12)], policy=ImagePolicy(image_size=8))
     x, y = next(iter(ds.train_batches([0, 1], batch_size=4, seed=0)))
-    assert x.shape == (2, 4, 8, 8, 3) and y.shape == (2, 4)
+    assert x.shape == (8, 8, 8, 3) and y.shape == (8,)
     out = ds.split("a", "out")
     x, y = next(iter(ds.eval_batches(out)))
     assert len(y) == len(out) == 2
