@@ -399,6 +399,12 @@ class DGModel(backend.TrainStep, keras.Model):
     def _dg_train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         self._dg_check_batch(x, y, sample_weight)
+        if not self.built:
+            # A subclassed model not built yet: Keras' TensorFlow trainer
+            # builds none before it traces the step (Keras' own train_step
+            # builds it by calling it; the algorithms' stateless calls need
+            # it built). JAX and PyTorch build it from the batch beforehand.
+            self(x, training=False)
         self._dg_freeze()
         self._dg_build_algorithm()
         # the algorithms' view: (N, ...) -> (D, B, ...), as kdg.layout lays it out

@@ -52,6 +52,24 @@ class TorchAdam(keras.optimizers.Adam):
             **kwargs,
         )
 
+    def build(self, var_list):
+        """The moment variables of Keras' Adam (same names, same order: the
+        optimizer's variables, checkpoints and saved files are laid out as
+        Keras' Adam's), made with the public `add_optimizer_variables` and
+        kept per model variable, as `update_step` finds them."""
+        if self.built:
+            return
+        super(keras.optimizers.Adam, self).build(var_list)  # Optimizer's: iterations...
+        names = ["momentum", "velocity"] + (["velocity_hat"] if self.amsgrad else [])
+        slots = self.add_optimizer_variables(var_list, names)
+        self.kdg_slots = {}
+        for variable, moments in zip(var_list, zip(*slots)):
+            self.kdg_slots[id(variable)] = moments
+            if keras.backend.backend() == "tensorflow":
+                # TensorFlow's optimizer hands `update_step` the tf.Variable
+                # behind each Keras variable (its `value`, a fixed object there)
+                self.kdg_slots[id(variable.value)] = moments
+
     def update_step(self, gradient, variable, learning_rate):
         dtype = variable.dtype
         lr = ops.cast(learning_rate, dtype)
@@ -59,21 +77,14 @@ class TorchAdam(keras.optimizers.Adam):
         step = ops.cast(self.iterations + 1, dtype)
         correction_1 = 1 - ops.power(ops.cast(self.beta_1, dtype), step)
         correction_2 = 1 - ops.power(ops.cast(self.beta_2, dtype), step)
-        # Keras-internal: Adam's own moment variables, found as Keras' Adam
-        # finds them. Reusing them (instead of new ones) keeps the optimizer's
-        # variables, checkpoints and saved files laid out as Keras' Adam's;
-        # tests/test_optimizers.py checks the update on every backend.
-        index = self._get_variable_index(variable)
-        m = self._momentums[index]
-        v = self._velocities[index]
+        m, v, *v_max = self.kdg_slots[id(variable)]
         self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1 - self.beta_1))
         self.assign_add(
             v, ops.multiply(ops.subtract(ops.square(gradient), v), 1 - self.beta_2)
         )
         if self.amsgrad:
-            v_max = self._velocity_hats[index]
-            self.assign(v_max, ops.maximum(v_max, v))
-            v = v_max
+            self.assign(v_max[0], ops.maximum(v_max[0], v))
+            v = v_max[0]
         denominator = ops.add(
             ops.divide(ops.sqrt(v), ops.sqrt(correction_2)), self.epsilon
         )

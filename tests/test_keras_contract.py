@@ -155,11 +155,6 @@ TOUCHPOINTS = {
         "stateless_call's layer losses handed to stateless_compute_loss, as Keras' JAX trainer does",
     ("kdg/backend/jax_conv.py", "jax.extend"): "jaxpr rewriting: XLA:CPU's fast convolution layout",
     ("kdg/backend/jax_conv.py", "jax.extend.core"): "the same",
-    ("kdg/optimizers.py", "._get_variable_index"):
-        "TorchAdam updates Keras' Adam's own moment variables (same saved layout)",
-    ("kdg/optimizers.py", "._momentums"): "the same",
-    ("kdg/optimizers.py", "._velocities"): "the same",
-    ("kdg/optimizers.py", "._velocity_hats"): "the same",
 }
 
 PRIVATE_MODULES = ("keras.src", "jax.extend", "jax._src", "jax.interpreters",
