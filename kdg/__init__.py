@@ -26,11 +26,11 @@ __all__ = list(_MODEL) + ["algorithms"]
 
 def __getattr__(name):
     if name in _MODEL:
-        return getattr(importlib.import_module("kdg.model"), name)
+        return getattr(importlib.import_module("kdg.dg_model"), name)
     if name in _SUBMODULES:
         return importlib.import_module(f"kdg.{name}")
     raise AttributeError(f"module 'kdg' has no attribute {name!r}")
 
 
 if "keras" in sys.modules:
-    importlib.import_module("kdg.model")
+    importlib.import_module("kdg.dg_model")

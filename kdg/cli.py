@@ -165,7 +165,7 @@ def evaluate(model_or_run, dataset_name, root, path, domains, split, image_size,
     import keras
     from rich.table import Table
 
-    import kdg.model  # noqa: F401  (registers kdg's classes for loading)
+    import kdg.dg_model  # noqa: F401  (registers kdg's classes for loading)
     from kdg import data
     from kdg.recipes import RecipeError
 

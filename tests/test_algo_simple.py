@@ -11,7 +11,7 @@ from conftest import softmax_regression, train_on_domains, weights
 
 import kdg
 import reference as ref
-from kdg import random as kdg_random
+from kdg import rng as kdg_rng
 from kdg.algorithms import GGA, IRM, MLDG, GroupDRO, Mixup, VREx
 from kdg.algorithms.base import HparamError
 from kdg.algorithms.irm import dummy_scale_grad
@@ -191,7 +191,7 @@ def step_keys(model, steps):
     generator's state)."""
     copy = keras.random.SeedGenerator(0)
     copy.state.assign(keras.ops.convert_to_numpy(model.dg_seed_generator.state))
-    return [kdg_random.key_from_seed_generator(copy) for _ in range(steps)]
+    return [kdg_rng.key_from_seed_generator(copy) for _ in range(steps)]
 
 
 def test_beta_draws_follow_the_beta_distribution():
@@ -199,7 +199,7 @@ def test_beta_draws_follow_the_beta_distribution():
 
     key = keras.ops.convert_to_tensor(np.array([5, 7], dtype="int32"))
     for a, b in [(0.2, 0.2), (2.0, 5.0)]:
-        draws = keras.ops.convert_to_numpy(kdg_random.beta((4000,), key, a, b))
+        draws = keras.ops.convert_to_numpy(kdg_rng.beta((4000,), key, a, b))
         assert np.isfinite(draws).all() and (draws >= 0).all() and (draws <= 1).all()
         assert stats.kstest(draws, stats.beta(a, b).cdf).pvalue > 1e-3
 

@@ -1,6 +1,6 @@
 """Same initial weights and data give the same weights after several steps on
 JAX, TensorFlow and PyTorch, for every algorithm (the algorithms' noise comes
-from kdg.random, which every backend computes identically)."""
+from kdg.rng, which every backend computes identically)."""
 
 import json
 import os

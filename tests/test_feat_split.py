@@ -10,7 +10,7 @@ from conftest import make_data, train_on_domains
 
 import kdg
 import kdg.models
-from kdg import random as kdg_random
+from kdg import rng as kdg_rng
 from kdg.algorithms import ERM
 from kdg.algorithms.base import Algorithm, StepContext, flatten_domains
 
@@ -78,7 +78,7 @@ def test_classify_of_features_is_the_models_output(way):
     model = make(way)
     x, _ = make_data(num_domains=1, batch=6)
     x = x[0]
-    ctx = StepContext(model, kdg_random.key_from_seed_generator(model.dg_seed_generator))
+    ctx = StepContext(model, kdg_rng.key_from_seed_generator(model.dg_seed_generator))
     features, state = ctx.features(x)
     want_dim = 5 if way == "wrap" else 6  # wrap names "hidden": its input is x
     assert tuple(features.shape) == (6, want_dim)
@@ -96,7 +96,7 @@ def test_classify_of_features_is_the_models_output(way):
 def test_explicit_params_are_used():
     model = make("functional")
     x, _ = make_data(num_domains=1, batch=6)
-    ctx = StepContext(model, kdg_random.key_from_seed_generator(model.dg_seed_generator))
+    ctx = StepContext(model, kdg_rng.key_from_seed_generator(model.dg_seed_generator))
     params = [p * 0 for p in ctx.params()]
     features, _ = ctx.features(x[0], params=params)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(features), 0.0)

@@ -145,11 +145,11 @@ def test_installed_keras_and_jax_are_inside_the_tested_bounds():
 #: itself, `super()._name` (a private method kdg overrides), and a Layer
 #: method replaced on an instance. Remove an entry when its use goes.
 TOUCHPOINTS = {
-    ("kdg/model.py", "keras.src.models.functional"):
+    ("kdg/dg_model.py", "keras.src.models.functional"):
         "Functional and functional_from_config: FunctionalDGModel is a functional model",
-    ("kdg/model.py", "._flatten_layers"):
+    ("kdg/dg_model.py", "._flatten_layers"):
         "every nested layer (BatchNorm inside keras-hub blocks); Keras has no public walk",
-    ("kdg/model.py", "layer.call ="):
+    ("kdg/dg_model.py", "layer.call ="):
         "freeze_bn: BatchNorm's call with training=False (see _freeze_batchnorm)",
     ("kdg/algorithms/base.py", "._losses_override"):
         "stateless_call's layer losses handed to stateless_compute_loss, as Keras' JAX trainer does",

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-import kdg.model  # noqa: F401  (registers DGModel for load_model)
+import kdg.dg_model  # noqa: F401  (registers DGModel for load_model)
 from kdg import data, recipes, training
 from kdg.data.dataset import DGDataset
 from kdg.data.mnist import colored_environments, load_mnist, rotated_environments

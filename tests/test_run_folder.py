@@ -382,7 +382,7 @@ def test_eval_resizes_images_to_the_model_input(finished, tmp_path):
     import numpy as np
     import tensorflow as tf
 
-    import kdg.model  # noqa: F401
+    import kdg.dg_model  # noqa: F401
     from kdg import data
 
     model = keras.models.load_model(run / "model.keras")

@@ -42,7 +42,7 @@ class AnnealedPenalty(Algorithm):
     def step(self, ctx, x, y):
         num = y.shape[0]
         weight = ops.cast(
-            ops.where(ctx.step >= self.anneal_steps, self.penalty_weight, 1.0), "float32"
+            ops.where(ctx.step_count >= self.anneal_steps, self.penalty_weight, 1.0), "float32"
         )
 
         def loss_fn(params, state):
@@ -63,7 +63,7 @@ class AnnealedPenalty(Algorithm):
         )
         ctx.set_state(state)
         ctx.cond(
-            ctx.step == self.anneal_steps,
+            ctx.step_count == self.anneal_steps,
             lambda: self._reset_optimizer(ctx.optimizer),
             lambda: None,
         )

@@ -225,9 +225,9 @@ class StepContext:
     def __init__(self, model, key):
         self.model = model
         self.optimizer = model.optimizer
-        self.variables = list(model.trainable_variables)
+        self.trainable_variables = list(model.trainable_variables)
         self.key = key
-        self.step = ops.convert_to_tensor(model.dg_step.value)
+        self.step_count = ops.convert_to_tensor(model.dg_step.value)
         self.batch_dependent = model._dg_batch_dependent()
         self._metrics_values = [v.value for v in model.metrics_variables]
         own = model._dg_model_state_variables()
@@ -239,7 +239,7 @@ class StepContext:
 
     # -- reading ----------------------------------------------------------
     def params(self):
-        return [v.value for v in self.variables]
+        return [v.value for v in self.trainable_variables]
 
     def state(self):
         return [v.value for v in self._state_refs]
@@ -249,7 +249,7 @@ class StepContext:
         (BatchNorm moving statistics), without seeds, counters and the
         algorithm's own variables."""
         own = [self._state_refs[i] for i in self._own_state_index]
-        return self.variables + [
+        return self.trainable_variables + [
             v for v in own if "float" in keras.backend.standardize_dtype(v.dtype)
         ]
 
@@ -310,7 +310,7 @@ class StepContext:
         parts = self.__dict__.setdefault("_parts", {})
         if which not in parts:
             layer = getattr(self.model.dg_split, which)
-            params = {id(v): i for i, v in enumerate(self.variables)}
+            params = {id(v): i for i, v in enumerate(self.trainable_variables)}
             state = {id(v): i for i, v in enumerate(self._state_refs)}
             parts[which] = (
                 layer,
@@ -391,13 +391,13 @@ class StepContext:
         optimizer = optimizer or self.optimizer
         wd = self.model.l2_weight_decay
         if wd:
-            grads = [g + wd * v.value for g, v in zip(grads, self.variables)]
-        optimizer.apply(grads, self.variables)
+            grads = [g + wd * v.value for g, v in zip(grads, self.trainable_variables)]
+        optimizer.apply(grads, self.trainable_variables)
 
     def cond(self, pred, true_fn, false_fn, optimizers=()):
         """`ops.cond` for branches that change the model."""
         variables = (
-            self.variables
+            self.trainable_variables
             + self._state_refs
             + list(self.optimizer.variables)
             + [v for opt in optimizers for v in opt.variables]

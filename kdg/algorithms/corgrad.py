@@ -51,7 +51,7 @@ import operator
 import numpy as np
 from keras import ops
 
-from kdg import random as kdg_random
+from kdg import rng as kdg_rng
 from kdg.algorithms.base import Algorithm, choice, flag, integer, number
 from kdg.ops import gram_cosine_stats
 
@@ -275,7 +275,7 @@ class CorGrad(Algorithm):
         cached = [[None] * num for _ in parts]
         for i in range(num):
             if self.projection == "pcgrad":
-                order = ops.argsort(kdg_random.uniform((num,), kdg_random.fold_in(key, i)))
+                order = ops.argsort(kdg_rng.uniform((num,), kdg_rng.fold_in(key, i)))
             for k in range(num):
                 if self.projection == "pcgrad":
                     other, skip = order[k], order[k] == i
@@ -367,7 +367,7 @@ class CorGrad(Algorithm):
     def step(self, ctx, x, y):
         losses, stacked, y_pred, state = ctx.domain_grads(x, y)
         ctx.set_state(state)
-        update, logs, gram = self.surgery(stacked, ctx.variables, key=ctx.key, step=ctx.step)
+        update, logs, gram = self.surgery(stacked, ctx.trainable_variables, key=ctx.key, step=ctx.step_count)
         cos_min, cos_mean = gram_cosine_stats(gram)
         ctx.apply(update)
         logs.update(loss=ops.mean(losses), grad_cos_min=cos_min, grad_cos_mean=cos_mean)

@@ -33,7 +33,7 @@ again every step, as with a new optimizer).
 import keras
 from keras import ops
 
-from kdg import random as kdg_random
+from kdg import rng as kdg_rng
 from kdg.algorithms.base import Algorithm, domain, flag, integer, number, other
 from kdg.algorithms.erm import ERM
 
@@ -124,7 +124,7 @@ class Fish(Algorithm):
         if self.reset_inner_optimizer:
             self._reset(self.inner_optimizer or ctx.optimizer)
         if self.shuffle_domains:
-            order = ops.argsort(kdg_random.uniform((num,), ctx.key))
+            order = ops.argsort(kdg_rng.uniform((num,), ctx.key))
             x = ops.take(x, order, axis=0)
             y = ops.take(y, order, axis=0)
         variables = ctx.model_variables()
@@ -148,7 +148,7 @@ class Fish(Algorithm):
             return self._fish_step(ctx, x, y)
         optimizers = [self.inner_optimizer] if self.inner_optimizer else []
         return ctx.cond(
-            ctx.step < self.warmup_steps,
+            ctx.step_count < self.warmup_steps,
             lambda: ERM().step(ctx, x, y),
             lambda: self._fish_step(ctx, x, y),
             optimizers=optimizers,

@@ -42,7 +42,7 @@ import re
 
 from keras import ops
 
-from kdg import random as kdg_random
+from kdg import rng as kdg_rng
 from kdg import split
 from kdg.algorithms.base import Algorithm, choice, flatten_domains, integer, number, other
 from kdg.ops import cosine_stats
@@ -199,14 +199,14 @@ class GGA(Algorithm):
 
         def body(trial, carry):
             current, best, s_best, loss_best, accepted = carry
-            key = kdg_random.fold_in(ctx.key, trial)
-            noise = kdg_random.tree_noise(shapes, key, "uniform")
+            key = kdg_rng.fold_in(ctx.key, trial)
+            noise = kdg_rng.tree_noise(shapes, key, "uniform")
             candidate = [c + self.rho * (2.0 * n - 1.0) for c, n in zip(current, noise)]
             s, loss = evaluate(candidate)
             better = s > s_best
             if self.temperature > 0:
                 t = self.temperature * ops.power(self.cooling, ops.cast(trial, "float32"))
-                u = kdg_random.uniform((), kdg_random.fold_in(key, -1))
+                u = kdg_rng.uniform((), kdg_rng.fold_in(key, -1))
                 better = ops.logical_or(better, u < ops.exp((s - s_best) / t))
             accept = ops.logical_and(loss - loss_best < self.loss_tolerance, better)
             return (
@@ -227,17 +227,17 @@ class GGA(Algorithm):
         if self.end_step < 0:
             before, after, accepted = nan, nan, zero
         else:
-            index = self.perturbed(ctx.variables, ctx.model)
-            subset = [ctx.variables[i].value for i in index]
+            index = self.perturbed(ctx.trainable_variables, ctx.model)
+            subset = [ctx.trainable_variables[i].value for i in index]
             in_window = ops.logical_and(
-                ctx.step >= self.start_step, ctx.step <= self.end_step
+                ctx.step_count >= self.start_step, ctx.step_count <= self.end_step
             )
             best, before, after, accepted = ops.cond(
                 in_window,
                 lambda: self._search(ctx, x, y, index),
                 lambda: (subset, nan, nan, zero),
             )
-            ctx.assign([ctx.variables[i] for i in index], best)
+            ctx.assign([ctx.trainable_variables[i] for i in index], best)
         logs, y_pred = self.base.step(ctx, x, y)
         logs = dict(logs)
         if "grad_cos_min" in logs:

@@ -16,7 +16,7 @@ instead of a second pass; "separate" always makes the pass, "mean" never.
 
 from keras import ops
 
-from kdg import random as kdg_random
+from kdg import rng as kdg_rng
 from kdg.algorithms.base import Algorithm, choice, flatten_domains, number
 from kdg.ops import cosine_stats
 
@@ -54,8 +54,8 @@ class GGAL(Algorithm):
             loss = ops.mean(losses)
             grads = [ops.mean(g, axis=0) for g in stacked]
         ctx.set_state(state)
-        xi = kdg_random.tree_noise(
-            [v.shape for v in ctx.variables], ctx.key, NOISES[self.noise]
+        xi = kdg_rng.tree_noise(
+            [v.shape for v in ctx.trainable_variables], ctx.key, NOISES[self.noise]
         )
         scale = self.gamma * (1.0 - cos_mean)
         ctx.apply([g + scale * n for g, n in zip(grads, xi)])

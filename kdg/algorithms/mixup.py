@@ -9,14 +9,14 @@ lam_i ~ Beta(alpha, alpha), the mixed minibatch x = lam_i x_{p_i} +
     loss = (1 / D) sum_i [lam_i CE(f(x), y_{p_i}) + (1 - lam_i) CE(f(x), y_{p_{i+1}})],
 
 one optimizer step on its gradient. The order and the lam_i are drawn from
-the step's key (`kdg.random`): seeded, the same on every backend. The
+the step's key (`kdg.rng`): seeded, the same on every backend. The
 predictions passed to the metrics are those on the mixed minibatches, each
 against the labels of its first domain.
 """
 
 from keras import ops
 
-from kdg import random as kdg_random
+from kdg import rng as kdg_rng
 from kdg.algorithms.base import Algorithm, number
 
 
@@ -32,8 +32,8 @@ class Mixup(Algorithm):
 
     def draws(self, key, num):
         """The step's domain order (num,) and mixing weights lam (num,)."""
-        order = ops.argsort(kdg_random.uniform((num,), kdg_random.fold_in(key, 0)))
-        lam = kdg_random.beta((num,), kdg_random.fold_in(key, 1), self.alpha, self.alpha)
+        order = ops.argsort(kdg_rng.uniform((num,), kdg_rng.fold_in(key, 0)))
+        lam = kdg_rng.beta((num,), kdg_rng.fold_in(key, 1), self.alpha, self.alpha)
         return order, lam
 
     def step(self, ctx, x, y):

@@ -15,7 +15,7 @@ p_k pairs with meta-test domain p_{D - n + (k mod n)} (DomainBed's
 
 Then theta returns to its value and the model's optimizer takes one step on
 G. The logged loss is sum over pairs (L_i + beta * L_j) / D. The order is
-drawn from the step's key (`kdg.random`). The model's state (BatchNorm
+drawn from the step's key (`kdg.rng`). The model's state (BatchNorm
 statistics, dropout seeds) is threaded through the passes and kept
 (DomainBed's copies of the network update theirs and the network's stay as
 they were). The metrics see the predictions of a forward pass at theta.
@@ -23,7 +23,7 @@ they were). The metrics see the predictions of a forward pass at theta.
 
 from keras import ops
 
-from kdg import random as kdg_random
+from kdg import rng as kdg_rng
 from kdg.algorithms.base import Algorithm, domain, flatten_domains, integer, number
 from kdg.algorithms.fish import Fish
 
@@ -67,7 +67,7 @@ class MLDG(Algorithm):
                 f"MLDG n_meta_test must be less than the number of training domains "
                 f"({num}); given {n}. Set n_meta_test to at most {num - 1}."
             )
-        order = ops.argsort(kdg_random.uniform((num,), key))
+        order = ops.argsort(kdg_rng.uniform((num,), key))
         return order, [(k, num - n + k % n) for k in range(num - n)]
 
     def step(self, ctx, x, y):
@@ -75,8 +75,8 @@ class MLDG(Algorithm):
         order, pairs = self.pairs(ctx.key, num)
         y_pred, _ = ctx.forward(flatten_domains(x), training=False)
         x, y = ops.take(x, order, axis=0), ops.take(y, order, axis=0)
-        theta = [ops.copy(v.value) for v in ctx.variables]  # a copy: torch updates in place
-        total = [ops.zeros_like(v.value) for v in ctx.variables]
+        theta = [ops.copy(v.value) for v in ctx.trainable_variables]  # a copy: torch updates in place
+        total = [ops.zeros_like(v.value) for v in ctx.trainable_variables]
         objective = 0.0
         for i, j in pairs:
             self._reset_inner()
@@ -85,7 +85,7 @@ class MLDG(Algorithm):
             ctx.apply(grads_i, self.inner)
             loss_j, grads_j, _, state = ctx.loss_and_grads(domain(x, j), y[j])
             ctx.set_state(state)
-            ctx.assign(ctx.variables, theta)
+            ctx.assign(ctx.trainable_variables, theta)
             total = [t + (gi + self.beta * gj) / num
                      for t, gi, gj in zip(total, grads_i, grads_j)]
             objective = objective + (loss_i + self.beta * loss_j) / num

@@ -13,7 +13,7 @@ ratios to ERM and to the reference, and peak memory.
 - `kdg.bench.torch_reference`: the PyTorch reference itself (plain PyTorch,
   no Keras; also an independent implementation the tests check kdg against);
 - `kdg.bench.measure`: timing, memory and machine helpers;
-- `kdg.bench.report`: markdown tables, the targets, `problems` (the smoke
+- `kdg.bench.tables`: markdown tables, the targets, `problems` (the smoke
   test's check);
 - `kdg.bench.cli`: the `kdg bench` command.
 
@@ -24,7 +24,7 @@ Importing this package imports no Keras backend.
     print(markdown(results))
 """
 
-from kdg.bench.report import markdown, problems, write_results
+from kdg.bench.tables import markdown, problems, write_results
 from kdg.bench.suite import ALGORITHMS, DEFAULT_RUNNERS, MODELS, RUNNERS, run_suite, scenario
 
 __all__ = [

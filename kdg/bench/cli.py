@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from kdg.bench import report, suite
+from kdg.bench import suite, tables
 
 
 def _command():
@@ -31,8 +31,8 @@ def _write(results, json_path, results_path):
         with open(json_path, "w") as f:
             json.dump(results, f, indent=1)
     if results_path:
-        report.write_results(results_path, results)
-    click.echo(report.markdown(results))
+        tables.write_results(results_path, results)
+    click.echo(tables.markdown(results))
 
 
 @click.command(name="bench")
@@ -102,7 +102,7 @@ def bench(quick, models, runners, algorithms, domains, batch, image_size, repeat
             for path in from_json:
                 with open(path) as f:
                     runs.append(json.load(f))
-            results = report.merge(runs)
+            results = tables.merge(runs)
         except (ValueError, KeyError) as error:
             raise click.UsageError(f"cannot render {', '.join(from_json)}: {error}") from None
         _write(results, json_path, results_path)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import keras
 
-from kdg.model import DGModel
+from kdg.dg_model import DGModel
 from kdg.models import backbones, presets
 from kdg.models.backbones import BACKBONES, OPTIONS, build_backbone
 from kdg.models.presets import PresetNotFoundError

@@ -15,8 +15,8 @@ import keras
 import numpy as np
 import pytest
 
-from kdg.bench import measure, report, suite
-from kdg.bench.report import BEGIN, END, LABELS
+from kdg.bench import measure, suite, tables
+from kdg.bench.tables import BEGIN, END, LABELS
 
 BACKEND = keras.backend.backend()
 NAMES = set(suite.ALGORITHMS) | {"gga_eval"}
@@ -35,7 +35,7 @@ def test_quick_bench_runs_every_algorithm_on_every_backend(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads((tmp_path / "results.json").read_text())
 
-    assert report.problems(results, runners=suite.DEFAULT_RUNNERS) == []
+    assert tables.problems(results, runners=suite.DEFAULT_RUNNERS) == []
     (entry,) = results["scenarios"]
     assert set(entry["runs"]) == {"jax", "tensorflow", "torch", "reference"}
     for runner, run in entry["runs"].items():
@@ -48,7 +48,7 @@ def test_quick_bench_runs_every_algorithm_on_every_backend(tmp_path):
             assert len(record["times_s"]) == record["n"]
             assert record["finite"], (runner, name)
         assert run["algorithms"]["gga"]["trials"] == entry["config"]["gga_trials"]
-        costs = report.gga_costs(run)
+        costs = tables.gga_costs(run)
         assert math.isfinite(costs["per_trial_s"]) and costs["eval_s"] > 0
 
     text = (tmp_path / "RESULTS.md").read_text()
@@ -93,17 +93,17 @@ def _results(model="mnist_cnn"):
 
 
 def test_gga_costs():
-    costs = report.gga_costs(_run({"erm": 0.1, "gga_eval": 0.08, "gga": 0.1 + 0.08 + 4 * 0.084}))
+    costs = tables.gga_costs(_run({"erm": 0.1, "gga_eval": 0.08, "gga": 0.1 + 0.08 + 4 * 0.084}))
     assert costs["per_trial_s"] == pytest.approx(0.084)
     assert costs["trial_over_eval"] == pytest.approx(1.05)
     assert costs["step_over_t_evals"] == pytest.approx((0.18 + 0.336) / 0.32)
     fixed = 0.18
     assert costs["projected_ratio"] == pytest.approx((fixed + 250 * 0.084) / (250 * 0.08))
-    assert report.gga_costs(_run({"erm": 0.1})) is None
+    assert tables.gga_costs(_run({"erm": 0.1})) is None
 
 
 def test_targets_verdicts():
-    rows = {(t, w): (v, ok) for t, w, v, ok in report.targets(_results()["scenarios"][0])}
+    rows = {(t, w): (v, ok) for t, w, v, ok in tables.targets(_results()["scenarios"][0])}
     assert rows[("Fish step <= 1.15x ERM's", "jax")] == ("1.10x", True)
     assert rows[("CorGrad step <= 1.2x ERM's", "jax")][1] is False  # 1.30x
     assert rows[("GGA-L step <= 1.2x ERM's", "jax")][1] is True
@@ -118,7 +118,7 @@ def test_compile_target_on_resnets():
     results = _results("resnet18")
     runs = results["scenarios"][0]["runs"]
     runs["jax"]["algorithms"]["corgrad"]["compile_s"] = 2.5
-    rows = {(t, w): (v, ok) for t, w, v, ok in report.targets(results["scenarios"][0])}
+    rows = {(t, w): (v, ok) for t, w, v, ok in tables.targets(results["scenarios"][0])}
     measured, met = rows[("CorGrad compile <= 2.0x ERM's (resnet18)", "jax")]
     assert met is False
     # gga_eval, the per-domain passes alone, is shown as the floor
@@ -131,12 +131,12 @@ def test_one_evaluation_can_be_timed_without_gga():
     entry = {"config": config, "runs": {"jax": _run({"erm": 0.1, "gga_eval": 0.2,
                                                      "corgrad": 0.25})}}
     results = dict(_results(), scenarios=[entry])
-    assert report.problems(results, algorithms=config["algorithms"]) == []
-    assert "| one GGA evaluation | 200 [190–210] |" in report.markdown(results)
+    assert tables.problems(results, algorithms=config["algorithms"]) == []
+    assert "| one GGA evaluation | 200 [190–210] |" in tables.markdown(results)
 
 
 def test_markdown_tables():
-    text = report.markdown(_results())
+    text = tables.markdown(_results())
     assert "kdg bench --quick" in text and "## CPU" in text
     assert "No GPU was available to this run" in text
     assert "| Fish | 1.10x | 1.20x |" in text          # ratio to ERM, kdg and reference
@@ -151,10 +151,10 @@ def test_compile_over_several_builds_is_the_median_with_its_range():
     jax_run = results["scenarios"][0]["runs"]["jax"]["algorithms"]
     jax_run["erm"].update(compile_s=2.0, compiles_s=[2.0, 1.5, 2.9])
     jax_run["corgrad"].update(compile_s=3.8, compiles_s=[4.1, 3.8, 3.0])
-    text = report.markdown(results)
+    text = tables.markdown(results)
     assert "the median of 3 builds of each model" in text
     assert "| CorGrad | 3.8 [3.0–4.1] (1.9x) |" in text
-    rows = {(t, w): (v, ok) for t, w, v, ok in report.targets(results["scenarios"][0])}
+    rows = {(t, w): (v, ok) for t, w, v, ok in tables.targets(results["scenarios"][0])}
     assert rows[("CorGrad compile <= 2.0x ERM's (resnet18)", "jax")][1] is True
 
 
@@ -194,34 +194,34 @@ def test_time_algorithms_times_first_steps_of_fresh_builds_after_the_timed_steps
 def test_gpu_section_when_a_runner_used_one():
     results = _results()
     results["scenarios"][0]["runs"]["jax"]["device"] = "gpu"
-    text = report.markdown(results)
+    text = tables.markdown(results)
     gpu = text[text.index("## GPU"):]
     assert "No GPU" not in gpu and "### mnist_cnn" in gpu
 
 
 def test_problems_flags_what_is_missing_or_not_finite():
     results = _results()
-    assert report.problems(results, runners=["jax", "reference"]) == []
-    assert report.problems(results, runners=["jax", "torch"]) == ["mnist_cnn: runner torch missing"]
+    assert tables.problems(results, runners=["jax", "reference"]) == []
+    assert tables.problems(results, runners=["jax", "torch"]) == ["mnist_cnn: runner torch missing"]
     results["scenarios"][0]["runs"]["jax"]["algorithms"]["fish"]["median_s"] = float("nan")
     del results["scenarios"][0]["runs"]["reference"]["algorithms"]["gga"]
-    found = report.problems(results)
+    found = tables.problems(results)
     assert "mnist_cnn/jax/fish: median_s=nan" in found
     assert "mnist_cnn/reference: gga missing" in found
     results["scenarios"][0]["runs"]["jax"] = {"runner": "jax", "error": "exit 1: boom"}
-    assert any("failed" in p for p in report.problems(results))
-    assert report.problems({"scenarios": []}) == ["no scenarios"]
+    assert any("failed" in p for p in tables.problems(results))
+    assert tables.problems({"scenarios": []}) == ["no scenarios"]
 
 
 def test_write_results_keeps_the_text_around_the_numbers(tmp_path):
     path = tmp_path / "RESULTS.md"
-    report.write_results(path, _results())
+    tables.write_results(path, _results())
     first = path.read_text()
     assert first.startswith("# kdg benchmark results") and BEGIN in first
     path.write_text(first.replace(BEGIN, "Intro by hand.\n\n" + BEGIN) + "\n## Analysis\n\nKept.\n")
     results = _results()
     results["command"] = "kdg bench --again"
-    report.write_results(path, results)
+    tables.write_results(path, results)
     second = path.read_text()
     assert "Intro by hand." in second and "## Analysis\n\nKept." in second
     assert "kdg bench --again" in second and "kdg bench --quick`" not in second

@@ -26,7 +26,7 @@ from kdg import algorithms as algorithms_lib
 from kdg import backend
 from kdg import layout
 from kdg import optimizers  # noqa: F401 (registered, for load_model of a model using them)
-from kdg import random as kdg_random
+from kdg import rng as kdg_rng
 from kdg import split as split_lib
 from kdg.algorithms.base import StepContext, flatten_domains
 
@@ -411,7 +411,7 @@ class DGModel(backend.TrainStep, keras.Model):
         num = self.num_domains
         x, y = tree.map_structure(lambda t: layout._split(t, num, ops), (x, y))
         ctx = StepContext(
-            self, kdg_random.key_from_seed_generator(self.dg_seed_generator)
+            self, kdg_rng.key_from_seed_generator(self.dg_seed_generator)
         )
         logs, y_pred = self.algorithm.step(ctx, x, y)
         self.dg_step.assign_add(1)

@@ -1,10 +1,10 @@
-"""kdg.random against a NumPy implementation of the same counter-based
+"""kdg.rng against a NumPy implementation of the same counter-based
 generator (Wellons' lowbias32 hash in uint32 arithmetic)."""
 
 import numpy as np
 from keras import ops
 
-from kdg import random as kdg_random
+from kdg import rng as kdg_rng
 
 GOLDEN = np.uint32(0x9E3779B9)
 
@@ -45,11 +45,11 @@ SHAPES = [(3, 3, 4, 5), (5,), (7, 2), (1,)]
 def test_uniform_and_normal_match_numpy():
     key = ops.convert_to_tensor(KEY)
     want = uniform(24, KEY.view(np.uint32), 3)
-    got = ops.convert_to_numpy(kdg_random.uniform((4, 6), key, offset=3))
+    got = ops.convert_to_numpy(kdg_rng.uniform((4, 6), key, offset=3))
     np.testing.assert_array_equal(got.reshape(-1), want)
-    scaled = ops.convert_to_numpy(kdg_random.uniform((24,), key, 3, minval=-2.0, maxval=3.0))
+    scaled = ops.convert_to_numpy(kdg_rng.uniform((24,), key, 3, minval=-2.0, maxval=3.0))
     np.testing.assert_allclose(scaled, -2.0 + 5.0 * want, rtol=1e-6, atol=1e-6)
-    got = ops.convert_to_numpy(kdg_random.normal((24,), key, offset=3))
+    got = ops.convert_to_numpy(kdg_rng.normal((24,), key, offset=3))
     np.testing.assert_allclose(got, normal(24, KEY.view(np.uint32), 3), rtol=1e-4, atol=1e-5)
 
 
@@ -58,7 +58,7 @@ def test_tree_noise_gives_each_shape_its_stretch_of_the_stream():
     total = sum(int(np.prod(s)) for s in SHAPES)
     for kind, draw in (("uniform", uniform), ("normal", normal)):
         flat = draw(total, KEY.view(np.uint32), 0)
-        got = kdg_random.tree_noise(SHAPES, key, kind)
+        got = kdg_rng.tree_noise(SHAPES, key, kind)
         start = 0
         for shape, tensor in zip(SHAPES, got):
             size = int(np.prod(shape))
