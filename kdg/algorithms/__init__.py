@@ -22,6 +22,7 @@ from kdg.algorithms.mixup import Mixup
 from kdg.algorithms.mldg import MLDG
 from kdg.algorithms.mixstyle import MixStyle
 from kdg.algorithms.mmd import MMD
+from kdg.algorithms.mtl import MTL
 from kdg.algorithms.rsc import RSC
 from kdg.algorithms.sagm import SAGM
 from kdg.algorithms.sam import SAM
@@ -50,6 +51,7 @@ ALGORITHMS = {cls.name: cls for cls in (
     Mixup,
     MLDG,
     MixStyle,
+    MTL,
 )}
 
 
@@ -101,6 +103,7 @@ __all__ = [
     "IRM",
     "MLDG",
     "MMD",
+    "MTL",
     "MixStyle",
     "Mixup",
     "RSC",

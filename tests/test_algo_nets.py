@@ -1,0 +1,181 @@
+"""MTL, SagNet and ARM against plain PyTorch written from DomainBed's rules
+(docs/ALGORITHMS.md; float64, torch.autograd, no kdg code), GGA wrapping
+each, and their hyperparameter checks."""
+
+import keras
+import numpy as np
+import pytest
+import torch
+from conftest import make_data, train_on_domains
+
+import kdg
+from kdg import random as kdg_random
+from kdg.algorithms import GGA, MTL
+from kdg.algorithms.base import HparamError
+
+F = torch.nn.functional
+LR = 0.1
+TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+def train(model, x, y, steps):  # x (D, B, ...), y (D, B)
+    for _ in range(steps):
+        logs = train_on_domains(model, x, y, return_dict=True)
+    return logs
+
+
+def numpy(values):
+    return [keras.ops.convert_to_numpy(v) for v in values]
+
+
+def tt(a):
+    return torch.tensor(np.asarray(a, dtype=np.float64))
+
+
+def labels(a):
+    return torch.as_tensor(np.asarray(a), dtype=torch.long)
+
+
+def initial(seed=0):
+    rng = np.random.default_rng(seed)
+    shapes = [(5, 6), (6,), (6, 4), (4,)]
+    return [rng.normal(scale=0.5, size=s).astype("float32") for s in shapes]
+
+
+def two_layer(algorithm, params=None, lr=LR, seed=0, num_domains=3):
+    """tanh features (6) and a linear classifier (4 classes), SGD; the
+    algorithm built (its own variables exist) before any step."""
+    inputs = keras.Input((5,))
+    hidden = keras.layers.Dense(6, activation="tanh", name="features")(inputs)
+    outputs = keras.layers.Dense(4, name="head")(hidden)
+    model = kdg.DGModel(inputs, outputs, algorithm=algorithm, seed=seed,
+                        num_domains=num_domains)
+    model.set_weights(params or initial())
+    model.compile(optimizer=keras.optimizers.SGD(lr),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model._dg_build_algorithm()
+    return model
+
+
+def step_keys(model, steps):
+    """The keys the model's next `steps` steps draw (from a copy of its seed
+    generator's state)."""
+    copy = keras.random.SeedGenerator(0)
+    copy.state.assign(keras.ops.convert_to_numpy(model.dg_seed_generator.state))
+    return [kdg_random.key_from_seed_generator(copy) for _ in range(steps)]
+
+
+def features(w, x):
+    return torch.tanh(x @ w[0] + w[1])
+
+
+# -- MTL ------------------------------------------------------------------------------
+
+
+def mtl_reference(params, w2, x, y, noises, ema):
+    """DomainBed's MTL.update, SGD: weights, W2, embeddings and loss per step."""
+    w = [tt(p).requires_grad_() for p in list(params) + [w2]]
+    emb = torch.zeros(len(x), 6, dtype=torch.float64)
+    out = []
+    for noise in noises:
+        loss = 0.0
+        for d in range(len(x)):
+            f = features(w, tt(x[d]))
+            emb[d] = ema * f.mean(0).detach() + (1 - ema) * emb[d]
+            # the embedding is overwritten with N(0, 1) noise: the classifier reads [f, noise]
+            logits = torch.cat([f, tt(noise[d])], 1) @ torch.cat([w[2], w[4]], 0) + w[3]
+            loss = loss + F.cross_entropy(logits, labels(y[d]))  # a sum over domains
+        grads = torch.autograd.grad(loss, w)
+        w = [(p - LR * g).detach().requires_grad_() for p, g in zip(w, grads)]
+        out.append(([p.detach().numpy() for p in w], emb.clone().numpy(), loss.item()))
+    return out
+
+
+def test_mtl_three_steps_match_the_pytorch_reference():
+    x, y = make_data(num_domains=3, batch=8, features=5, classes=4)
+    model = two_layer(MTL(mtl_ema=0.9))
+    w2 = numpy([model.algorithm.w2])[0]
+    keys = step_keys(model, 3)
+    noises = [numpy([MTL.noise(k, (3, 8, 6))])[0] for k in keys]
+    want = mtl_reference(initial(), w2, x, y, noises, 0.9)
+    for step, (w, emb, loss) in enumerate(want):
+        logs = train(model, x, y, 1)
+        got = model.get_weights() + numpy([model.algorithm.w2])
+        for a, b in zip(got, w):
+            np.testing.assert_allclose(a, b, **TOL, err_msg=f"step {step}")
+        np.testing.assert_allclose(numpy([model.algorithm.embeddings])[0], emb, **TOL)
+        np.testing.assert_allclose(logs["loss"], loss, rtol=1e-4)
+    assert np.abs(noises[0] - noises[1]).max() > 0.1  # fresh noise every step
+    assert abs(float(np.std(np.concatenate([n.ravel() for n in noises]))) - 1) < 0.15
+    # prediction is the plain network (the embedding term at the noise's mean, 0)
+    probe = x[0]
+    plain = np.tanh(probe @ model.get_weights()[0] + model.get_weights()[1])
+    plain = plain @ model.get_weights()[2] + model.get_weights()[3]
+    np.testing.assert_allclose(model.predict(probe, verbose=0), plain, rtol=1e-5, atol=1e-5)
+
+
+def test_mtl_needs_a_linear_classifier():
+    inputs = keras.Input((5,))
+    hidden = keras.layers.Dense(6, activation="tanh")(inputs)
+    outputs = keras.layers.Dense(4, activation="softmax", name="head")(hidden)
+    model = kdg.DGModel(inputs, outputs, algorithm=MTL(), num_domains=3)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    x, y = make_data()
+    with pytest.raises(ValueError, match="needs a linear classifier"):
+        train(model, x, y, 1)
+
+
+# -- GGA around each, hyperparameters --------------------------------------------------
+
+BASES = [MTL(mtl_ema=0.5)]
+
+
+@pytest.mark.parametrize("base", BASES, ids=lambda b: b.name)
+def test_gga_around_each_searches_then_steps_inside_the_window_and_only_steps_outside(base):
+    x, y = make_data()
+    config = kdg.algorithms.serialize(base)
+    make = lambda: kdg.algorithms.deserialize(config)
+    gga = lambda: GGA(base=make(), start_step=0, end_step=0, trials=20, rho=0.05)
+    # with lr 0 the weights after the step are the search's theta_best
+    searched, model = two_layer(gga(), lr=0.0), two_layer(gga())
+    train(searched, x, y, 1)
+    logs = train(model, x, y, 1)
+    assert logs["gga_accepted"] > 0
+    best = searched.get_weights()
+    assert np.abs(best[0] - initial()[0]).max() > 0
+    base_model = two_layer(make(), params=best)
+    train(base_model, x, y, 1)  # step 0: the search, then the base's step
+
+    def same(a, b):
+        for u, v in zip(a.get_weights() + numpy(a.algorithm.variables),
+                        b.get_weights() + numpy(b.algorithm.variables)):
+            np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
+
+    same(model, base_model)
+    logs = train(model, x, y, 1)
+    train(base_model, x, y, 1)
+    same(model, base_model)  # step 1, outside the window: the base's step
+    assert logs["gga_accepted"] == 0
+
+
+@pytest.mark.parametrize("cls, field, value", [(MTL, "mtl_ema", 1.5)])
+def test_a_bad_hyperparameter_is_refused_by_name(cls, field, value):
+    with pytest.raises(HparamError, match=f"{cls.__name__} {field} must be") as error:
+        cls(**{field: value})
+    assert error.value.hparam == field
+
+
+def test_docs_give_each_signature_with_its_defaults():
+    import ast
+    import inspect
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "ALGORITHMS.md").read_text()
+    for cls in {type(b) for b in BASES}:
+        heading = re.search(rf"^## {re.escape(cls.title)}: `({cls.__name__}\(.*\))`$", text, re.M)
+        assert heading, cls.title
+        call = ast.parse(heading.group(1), mode="eval").body
+        documented = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+        assert documented == {p.name: p.default for p in inspect.signature(cls).parameters.values()}
+        assert cls.name in kdg.algorithms.ALGORITHMS and cls.__name__ in kdg.algorithms.__all__
