@@ -9,8 +9,9 @@ import torch
 from conftest import make_data, train_on_domains
 
 import kdg
+import reference as ref
 from kdg import random as kdg_random
-from kdg.algorithms import GGA, MTL
+from kdg.algorithms import GGA, MTL, SagNet
 from kdg.algorithms.base import HparamError
 
 F = torch.nn.functional
@@ -42,7 +43,7 @@ def initial(seed=0):
     return [rng.normal(scale=0.5, size=s).astype("float32") for s in shapes]
 
 
-def two_layer(algorithm, params=None, lr=LR, seed=0, num_domains=3):
+def two_layer(algorithm, params=None, lr=LR, seed=0, num_domains=3, optimizer=None):
     """tanh features (6) and a linear classifier (4 classes), SGD; the
     algorithm built (its own variables exist) before any step."""
     inputs = keras.Input((5,))
@@ -51,7 +52,7 @@ def two_layer(algorithm, params=None, lr=LR, seed=0, num_domains=3):
     model = kdg.DGModel(inputs, outputs, algorithm=algorithm, seed=seed,
                         num_domains=num_domains)
     model.set_weights(params or initial())
-    model.compile(optimizer=keras.optimizers.SGD(lr),
+    model.compile(optimizer=optimizer or keras.optimizers.SGD(lr),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model._dg_build_algorithm()
     return model
@@ -125,9 +126,73 @@ def test_mtl_needs_a_linear_classifier():
         train(model, x, y, 1)
 
 
+# -- SagNet ---------------------------------------------------------------------------
+
+
+def randomize(z, what, alpha, perm):
+    mean, var = z.mean(-1, keepdim=True), z.var(-1, keepdim=True)  # unbiased, per example
+    z = (z - mean) / (var + 1e-5).sqrt()
+    alpha = tt(alpha)[:, None]
+    if what == "style":
+        mean = alpha * mean + (1 - alpha) * mean[perm]
+        var = alpha * var + (1 - alpha) * var[perm]
+    else:
+        z = z[perm].detach()
+    return z * (var + 1e-5).sqrt() + mean
+
+
+def sagnet_reference(params, style, x, y, draws, w_adv, lr):
+    """DomainBed's SagNet.update with three Adams (Keras' epsilon)."""
+    x, y = tt(x.reshape(-1, x.shape[-1])), labels(y.reshape(-1))
+    w, s = [np.float64(p) for p in params], [np.float64(p) for p in style]
+    adam_f, adam_c, adam_s = ref.Adam(lr), ref.Adam(lr), ref.Adam(lr)
+    leaves = lambda a: [tt(p).requires_grad_() for p in a]
+    out = []
+    for (a_c, p_c), (a_s, p_s), (a_adv, p_adv) in draws:
+        t = leaves(w)
+        loss_c = F.cross_entropy(randomize(features(t, x), "style", a_c, p_c) @ t[2] + t[3], y)
+        g = [v.numpy() for v in torch.autograd.grad(loss_c, t)]
+        w = adam_f.step(w[:2], g[:2]) + adam_c.step(w[2:], g[2:])
+        t, u = leaves(w), leaves(s)
+        loss_s = F.cross_entropy(randomize(features(t, x), "content", a_s, p_s) @ u[0] + u[1], y)
+        s = adam_s.step(s, [v.numpy() for v in torch.autograd.grad(loss_s, u)])
+        t, u = leaves(w), leaves(s)
+        logits = randomize(features(t, x), "content", a_adv, p_adv) @ u[0] + u[1]
+        loss_adv = -F.log_softmax(logits, dim=1).mean(1).mean() * w_adv
+        g = [v.numpy() for v in torch.autograd.grad(loss_adv, t[:2])]
+        w = adam_f.step(w[:2], g) + w[2:]
+        out.append((w + s, {"loss_c": loss_c.item(), "loss_s": loss_s.item(),
+                            "loss_adv": loss_adv.item()}))
+    return out
+
+
+def test_sagnet_three_steps_match_the_pytorch_reference():
+    x, y = make_data(num_domains=3, batch=8, features=5, classes=4)
+    model = two_layer(SagNet(sag_w_adv=0.5), optimizer=keras.optimizers.Adam(0.01))
+    style = numpy(model.algorithm.style.trainable_variables)
+    keys = step_keys(model, 3)
+    draws = [[tuple(numpy(d)) for d in SagNet.draws(k, 24)] for k in keys]
+    want = sagnet_reference(initial(), style, x, y, draws, 0.5, 0.01)
+    for step, (w, losses) in enumerate(want):
+        logs = train(model, x, y, 1)
+        got = model.get_weights() + numpy(model.algorithm.style.trainable_variables)
+        for a, b in zip(got, w):
+            np.testing.assert_allclose(a, b, **TOL, err_msg=f"step {step}")
+        for key, value in losses.items():
+            np.testing.assert_allclose(logs[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
+    # three optimizers: f's stepped twice a step, c's and s's once
+    assert int(model.optimizer.iterations) == 6
+    assert int(model.algorithm.optimizer_c.iterations) == 3
+    assert sorted(draws[0][0][1].tolist()) == list(range(24))
+    # prediction is the content network on the features, c(f(x))
+    w = model.get_weights()
+    np.testing.assert_allclose(model.predict(x[0], verbose=0),
+                               np.tanh(x[0] @ w[0] + w[1]) @ w[2] + w[3], rtol=1e-5, atol=1e-5)
+
+
 # -- GGA around each, hyperparameters --------------------------------------------------
 
-BASES = [MTL(mtl_ema=0.5)]
+BASES = [MTL(mtl_ema=0.5), SagNet(sag_w_adv=0.5)]
 
 
 @pytest.mark.parametrize("base", BASES, ids=lambda b: b.name)
@@ -158,7 +223,7 @@ def test_gga_around_each_searches_then_steps_inside_the_window_and_only_steps_ou
     assert logs["gga_accepted"] == 0
 
 
-@pytest.mark.parametrize("cls, field, value", [(MTL, "mtl_ema", 1.5)])
+@pytest.mark.parametrize("cls, field, value", [(MTL, "mtl_ema", 1.5), (SagNet, "sag_w_adv", -1.0)])
 def test_a_bad_hyperparameter_is_refused_by_name(cls, field, value):
     with pytest.raises(HparamError, match=f"{cls.__name__} {field} must be") as error:
         cls(**{field: value})

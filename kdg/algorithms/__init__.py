@@ -25,6 +25,7 @@ from kdg.algorithms.mmd import MMD
 from kdg.algorithms.mtl import MTL
 from kdg.algorithms.rsc import RSC
 from kdg.algorithms.sagm import SAGM
+from kdg.algorithms.sagnet import SagNet
 from kdg.algorithms.sam import SAM
 from kdg.algorithms.sandmask import SANDMask
 from kdg.algorithms.vrex import VREx
@@ -52,6 +53,7 @@ ALGORITHMS = {cls.name: cls for cls in (
     MLDG,
     MixStyle,
     MTL,
+    SagNet,
 )}
 
 
@@ -108,6 +110,7 @@ __all__ = [
     "Mixup",
     "RSC",
     "SAGM",
+    "SagNet",
     "SAM",
     "SANDMask",
     "VREx",
