@@ -200,7 +200,7 @@ def test_gga_around_each_searches_then_steps_inside_the_window_and_only_steps_ou
     x, y = make_data()
     config = kdg.algorithms.serialize(base)
     make = lambda: kdg.algorithms.deserialize(config)
-    gga = lambda: GGA(base=make(), start_step=0, end_step=0, trials=20, rho=0.05)
+    gga = lambda: GGA(base=make(), start_step=0, end_step=0, trials=8, rho=0.05)
     # with lr 0 the weights after the step are the search's theta_best
     searched, model = two_layer(gga(), lr=0.0), two_layer(gga())
     train(searched, x, y, 1)
@@ -221,6 +221,35 @@ def test_gga_around_each_searches_then_steps_inside_the_window_and_only_steps_ou
     train(base_model, x, y, 1)
     same(model, base_model)  # step 1, outside the window: the base's step
     assert logs["gga_accepted"] == 0
+
+
+@pytest.mark.parametrize("base", BASES, ids=lambda b: b.name)
+def test_save_load_and_checkpoint_keep_the_algorithm_and_its_state(base, tmp_path):
+    """model.save / load_model and the run's checkpoint carry the own
+    networks, their optimizers and state: the next step is the same."""
+    from kdg import training
+
+    x, y = make_data()
+    model = two_layer(kdg.algorithms.deserialize(kdg.algorithms.serialize(base)),
+                      optimizer=keras.optimizers.Adam(0.01))
+    train(model, x, y, 2)
+    model.save(tmp_path / "m.keras")
+    training.save_checkpoint(model, tmp_path / "checkpoint.npz", 2)
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert loaded.algorithm == model.algorithm
+    resumed = two_layer(kdg.algorithms.deserialize(kdg.algorithms.serialize(base)),
+                        params=initial(seed=5), optimizer=keras.optimizers.Adam(0.01))
+    train(resumed, x, y, 1)  # builds its optimizers; the checkpoint restores everything
+    training.load_checkpoint(resumed, tmp_path / "checkpoint.npz")
+    train(model, x, y, 1)
+    want = model.get_weights() + numpy(model.algorithm.variables)
+    assert len(model.algorithm.variables) > 2
+    for other in (loaded, resumed):
+        train(other, x, y, 1)
+        got = other.get_weights() + numpy(other.algorithm.variables)
+        assert len(got) == len(want)
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("cls, field, value", [(MTL, "mtl_ema", 1.5), (SagNet, "sag_w_adv", -1.0)])
