@@ -123,6 +123,9 @@ def build_model(recipe: recipes.Recipe, dataset):
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
     model.optimizer.build(model.trainable_variables)
+    # the training domains' count sizes per-domain state (GroupDRO's q, MTL's embeddings)
+    test_envs = {dataset.domain_index(d) for d in recipe.dataset.test_domains}
+    model.num_domains = len(dataset.domains) - len(test_envs)
     try:
         model._dg_build_algorithm()
     except ValueError as error:  # the algorithm cannot train this model (GGA's perturb, say)

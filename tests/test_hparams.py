@@ -102,6 +102,9 @@ REFUSED = [
     ({"name": "mixup", "alpha": 0}, "alpha", "a number > 0", False),
     ({"name": "mldg", "beta": -1.0}, "beta", "a number >= 0", False),
     ({"name": "mldg", "n_meta_test": 0}, "n_meta_test", "an integer >= 1", False),
+    ({"name": "mtl", "mtl_ema": 1.5}, "mtl_ema", r"a number in \[0, 1\]", False),
+    ({"name": "mtl", "num_domains": 2.5}, "num_domains", "an integer >= 1 or None", True),
+    ({"name": "sagnet", "sag_w_adv": -0.1}, "sag_w_adv", "a number >= 0", False),
 ]
 
 

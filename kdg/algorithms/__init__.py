@@ -22,8 +22,10 @@ from kdg.algorithms.mixup import Mixup
 from kdg.algorithms.mldg import MLDG
 from kdg.algorithms.mixstyle import MixStyle
 from kdg.algorithms.mmd import MMD
+from kdg.algorithms.mtl import MTL
 from kdg.algorithms.rsc import RSC
 from kdg.algorithms.sagm import SAGM
+from kdg.algorithms.sagnet import SagNet
 from kdg.algorithms.sam import SAM
 from kdg.algorithms.sandmask import SANDMask
 from kdg.algorithms.vrex import VREx
@@ -50,6 +52,8 @@ ALGORITHMS = {cls.name: cls for cls in (
     Mixup,
     MLDG,
     MixStyle,
+    MTL,
+    SagNet,
 )}
 
 
@@ -101,10 +105,12 @@ __all__ = [
     "IRM",
     "MLDG",
     "MMD",
+    "MTL",
     "MixStyle",
     "Mixup",
     "RSC",
     "SAGM",
+    "SagNet",
     "SAM",
     "SANDMask",
     "VREx",
