@@ -10,7 +10,7 @@ from conftest import make_data, train_on_domains
 
 import kdg
 import reference as ref
-from kdg import random as kdg_random
+from kdg import rng as kdg_rng
 from kdg.algorithms import GGA, MTL, SagNet
 from kdg.algorithms.base import HparamError
 
@@ -63,7 +63,7 @@ def step_keys(model, steps):
     generator's state)."""
     copy = keras.random.SeedGenerator(0)
     copy.state.assign(keras.ops.convert_to_numpy(model.dg_seed_generator.state))
-    return [kdg_random.key_from_seed_generator(copy) for _ in range(steps)]
+    return [kdg_rng.key_from_seed_generator(copy) for _ in range(steps)]
 
 
 def features(w, x):

@@ -20,7 +20,7 @@ Per step, for each domain d, f_d = featurizer(x_d):
    mean, as DomainBed), one step of the model's optimizer on the model's
    weights and one of MTL's copy of it on W2 (DomainBed: one Adam on both).
 
-The noise comes from the step's key (`kdg.random`): the same on every
+The noise comes from the step's key (`kdg.rng`): the same on every
 backend. The stored embeddings never reach the loss (step 2), as in
 DomainBed; they are kept (saved, restored) for a faithful state.
 
@@ -41,7 +41,7 @@ import math
 import keras
 from keras import ops
 
-from kdg import random as kdg_random
+from kdg import rng as kdg_rng
 from kdg.algorithms import own
 from kdg.algorithms.base import Algorithm, domain, flatten_domains, integer, number
 
@@ -99,7 +99,7 @@ class MTL(Algorithm):
         limit = math.sqrt(6.0 / (2 * dim + classes))
         key = ops.convert_to_tensor([17, 29], dtype="int32")
         self.w2 = keras.Variable(
-            kdg_random.uniform((dim, classes), key, minval=-limit, maxval=limit),
+            kdg_rng.uniform((dim, classes), key, minval=-limit, maxval=limit),
             trainable=True, name="mtl_w2")
         self.embeddings = keras.Variable(
             ops.zeros((self.num_domains, dim)), trainable=False, name="mtl_embeddings")
@@ -114,7 +114,7 @@ class MTL(Algorithm):
     @staticmethod
     def noise(key, shape):
         """The step's N(0, 1) embeddings (D, B, F)."""
-        return kdg_random.normal(shape, key)
+        return kdg_rng.normal(shape, key)
 
     def step(self, ctx, x, y):
         num, batch = y.shape[0], y.shape[1]

@@ -24,7 +24,7 @@ Per step, on the concatenated batch (x, y):
    log_softmax(s(randomize(f(x), "content"))); one step on f only.
 
 Each randomization draws its own alpha and permutation from the step's key
-(`kdg.random`): the same on every backend. Steps 2 and 3 use the weights as
+(`kdg.rng`): the same on every backend. Steps 2 and 3 use the weights as
 updated by the previous steps; the model state (BatchNorm statistics) is
 threaded through the three forwards and kept. Logs loss (= loss_c),
 loss_c, loss_s and loss_adv; the metrics see step 1's predictions.
@@ -36,7 +36,7 @@ import math
 import keras
 from keras import ops
 
-from kdg import random as kdg_random
+from kdg import rng as kdg_rng
 from kdg import split as split_lib
 from kdg.algorithms import own
 from kdg.algorithms.base import Algorithm, flatten_domains, number
@@ -80,7 +80,7 @@ class SagNet(Algorithm):
         key = ops.convert_to_tensor([31, 37], dtype="int32")
         self.style = keras.layers.Dense(classes, name="sagnet_style")
         self.style.build((None, dim))
-        self.style.kernel.assign(kdg_random.uniform((dim, classes), key, minval=-limit, maxval=limit))
+        self.style.kernel.assign(kdg_rng.uniform((dim, classes), key, minval=-limit, maxval=limit))
         self.optimizer_s = own.copy_optimizer(model, self.style.trainable_variables)
         classifier = {id(v) for v in split_lib.classifier_variables(model)}
         self._content = [i for i, v in enumerate(model.trainable_variables) if id(v) in classifier]
@@ -102,8 +102,8 @@ class SagNet(Algorithm):
         style and adversary steps, in order."""
         out = []
         for i in range(3):
-            alpha = kdg_random.uniform((n,), kdg_random.fold_in(key, 2 * i))
-            perm = ops.argsort(kdg_random.uniform((n,), kdg_random.fold_in(key, 2 * i + 1)))
+            alpha = kdg_rng.uniform((n,), kdg_rng.fold_in(key, 2 * i))
+            perm = ops.argsort(kdg_rng.uniform((n,), kdg_rng.fold_in(key, 2 * i + 1)))
             out.append((alpha, perm))
         return out
 
@@ -114,8 +114,8 @@ class SagNet(Algorithm):
         x, y = flatten_domains(x), flatten_domains(y)
         (a_c, p_c), (a_s, p_s), (a_adv, p_adv) = self.draws(ctx.key, y.shape[0])
         model = ctx.model
-        f_vars = [ctx.variables[i] for i in self._features]
-        c_vars = [ctx.variables[i] for i in self._content]
+        f_vars = [ctx.trainable_variables[i] for i in self._features]
+        c_vars = [ctx.trainable_variables[i] for i in self._content]
         s_vars = self.style.trainable_variables
         xent = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
