@@ -87,7 +87,9 @@ def _peak_memory_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def build_model(recipe: recipes.Recipe, dataset):
+def build_model(recipe: recipes.Recipe, dataset, num_domains: int | None = None):
+    """The recipe's compiled model, its algorithm built; `num_domains`, the
+    number of training domains, is set first (GroupDRO's state needs it)."""
     import keras
 
     from kdg import models, optimizers
@@ -124,8 +126,10 @@ def build_model(recipe: recipes.Recipe, dataset):
     )
     model.optimizer.build(model.trainable_variables)
     # the training domains' count sizes per-domain state (GroupDRO's q, MTL's embeddings)
-    test_envs = {dataset.domain_index(d) for d in recipe.dataset.test_domains}
-    model.num_domains = len(dataset.domains) - len(test_envs)
+    if num_domains is None:
+        test_envs = {dataset.domain_index(d) for d in recipe.dataset.test_domains}
+        num_domains = len(dataset.domains) - len(test_envs)
+    model.num_domains = num_domains
     try:
         model._dg_build_algorithm()
     except ValueError as error:  # the algorithm cannot train this model (GGA's perturb, say)
@@ -294,7 +298,7 @@ def _run_checked(recipe: recipes.Recipe, dataset, test_envs, console) -> dict | 
         return None
     # built before anything is written: an algorithm that cannot train this
     # model (GGA with nothing to perturb) is refused like a wrong recipe
-    model = build_model(recipe, dataset)
+    model = build_model(recipe, dataset, len(dataset.domains) - len(test_envs))
     with folder.writing(out):
         out.mkdir(parents=True, exist_ok=True)
     with folder.lock(out):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_data, train_on_domains
-from test_random import fold_in, uniform
+from test_rng import fold_in, uniform
 
 import kdg
 from kdg.algorithms import GGA, GSAM, SAGM, SAM, ANDMask, SANDMask
@@ -177,7 +177,7 @@ def test_gga_wrapping_each(data, name):
     """GGA's window is step 1 only, one trial. Step 0 (outside) is the base's
     step. At step 1 the trial adds rho * (2u - 1) to the features, u the
     model key's uniform draws (kdg's counter-based generator, reproduced in
-    NumPy by test_random), accepted if it raises the smallest domain-gradient
+    NumPy by test_rng), accepted if it raises the smallest domain-gradient
     cosine; then the base's step runs from the accepted point."""
     x, y = data
     rho, seed = 0.05, 7  # seed 7: the trial is accepted for every base

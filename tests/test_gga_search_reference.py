@@ -2,7 +2,7 @@
 
 The reference below is written from the spec (GGA, steps 1-3): per trial,
 U(-rho, rho) noise from kdg's counter-based generator (reproduced in NumPy in
-tests/test_random.py) is added to the current point; a candidate is accepted
+tests/test_rng.py) is added to the current point; a candidate is accepted
 when L - L_best < tol and s > s_best (or, with a temperature, when a
 Metropolis draw says so); after an acceptance the search restarts from
 theta0, after a rejection the next noise adds on top (a random walk). The
@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import init_params, make_data, softmax_regression, train_on_domains, weights
-from test_random import fold_in, uniform
+from test_rng import fold_in, uniform
 
 import reference as ref
 from kdg.algorithms import GGA

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import init_params, make_data, softmax_regression, train_on_domains, weights
-from test_random import fold_in, normal, uniform
+from test_rng import fold_in, normal, uniform
 
 import kdg
 import reference as ref

@@ -16,7 +16,8 @@ from typing import Iterable, Mapping, Sequence, Union
 from .loading import find_results_files, load_runs
 from .published import backbone_of, tables_for
 from .selection import get_method, select
-from .tables import FORMATS, mnist_comparisons, published_comparison, render, results_tables
+from .tables import (FORMATS, gga_combined_comparison, mnist_comparisons, published_comparison,
+                     render, results_tables)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -65,8 +66,11 @@ def report(dirs: Union[PathLike, Iterable[PathLike]], selection: str = "training
     if published:
         sources = tables_for(backbone_of(r.hparams) for r in runs)
         comparison = published_comparison(tables[-1], sources)
+        combined = gga_combined_comparison(tables[-1])
         if comparison is not None:
             tables.append(comparison)
+        if combined is not None:
+            tables.append(combined)
         tables += mnist_comparisons(tables)
 
     title = f"kdg results, model selection: {chosen.method.name}"

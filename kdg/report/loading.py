@@ -85,7 +85,15 @@ class Run:
 
     @property
     def algorithm(self) -> str:
-        return str(self.args["algorithm"])
+        """The run's algorithm; an algorithm that wraps another (GGA's
+        ``base`` in its hparams) other than ERM is ``"gga+coral"``, so that
+        GGA around each algorithm is a row of its own."""
+        name = str(self.args["algorithm"])
+        base = self.hparams.get("base")
+        base = base.get("name") if isinstance(base, dict) else base
+        if isinstance(base, str) and base.lower() != "erm":
+            return f"{name}+{base.lower()}"
+        return name
 
     @property
     def test_envs(self) -> tuple[int, ...]:

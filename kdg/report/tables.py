@@ -43,7 +43,7 @@ import numpy as np
 
 from .loading import domain_names as _domain_names
 from .published import DATASETS as PUBLISHED_DATASETS
-from .published import PublishedTable, canonical_dataset, domainbed_mnist
+from .published import GGA_COMBINED, CombinedTable, PublishedTable, canonical_dataset, domainbed_mnist
 from .selection import Selection, mean_and_stderr
 
 FORMATS = ("markdown", "latex", "csv", "text", "rich")
@@ -307,6 +307,72 @@ def published_comparison(averages: Table, published: Sequence[PublishedTable]) -
         table.rows.append(Row((algorithm, avg_label), cells))
     table.incomplete = any(c.incomplete for r in table.rows for c in r.cells[:1])
     return table
+
+
+def gga_combined_comparison(averages: Table, table: CombinedTable = GGA_COMBINED) -> Table | None:
+    """kdg's numbers for each algorithm X of GGA's combination table, alone
+    and wrapped by GGA (rows ``x`` and ``gga+x`` of the averages table), and
+    GGA's change (GGA+X minus X), beside the published ones.
+
+    Rows: (X, dataset) for each dataset of the table, then (X, Avg), the mean
+    over the table's four datasets (X when one is missing, as published).
+    The notes name every missing kdg cell. None when the runs hold no X of
+    the table on any of its datasets."""
+    from kdg.algorithm_names import normalize
+
+    columns = ["kdg X", "published X", "kdg GGA+X", "published GGA+X", "kdg Δ", "published Δ"]
+    result = Table(title="GGA combined with other algorithms: kdg vs published (test-domain "
+                         "accuracy %; Δ = GGA+X - X)",
+                   kind="published", key_columns=["Algorithm", "Dataset"], columns=columns,
+                   selection=averages.selection, unfinished_used=averages.unfinished_used)
+    rows = {normalize(row.keys[0]): row for row in averages.rows}
+    datasets = {canonical_dataset(d): d for d in averages.columns[:-1]}
+    missing = []
+    for title in table.algorithms:
+        key = normalize(title)
+        alone, wrapped = rows.get(key), rows.get("gga" + key)
+        if (alone is None and wrapped is None) or not set(datasets) & set(table.datasets):
+            continue
+
+        def kdg_cell(row, dataset):
+            if row is None or dataset not in datasets:
+                return Cell()
+            return replace(row.cells[averages.columns.index(datasets[dataset])], best=False,
+                           stderr=None)
+
+        per_dataset = []
+        for dataset in table.datasets:
+            x, gx = kdg_cell(alone, dataset), kdg_cell(wrapped, dataset)
+            missing += [f"{label} on {dataset}" for label, c in
+                        ((title, x), (f"GGA+{title}", gx)) if c.mean is None]
+            per_dataset.append((x, gx))
+            result.rows.append(Row((title, dataset), _combined_cells(
+                x, gx, table.get_without(title, dataset), table.get_change(title, dataset))))
+        averaged = [Cell() if any(c.mean is None for c in cells) else
+                    Cell(float(np.mean([c.mean for c in cells])),
+                         partial=any(c.flags for c in cells))
+                    for cells in zip(*per_dataset)]
+        result.rows.append(Row((title, "Avg"), _combined_cells(
+            *averaged, table.get_without(title, "Avg"), table.get_change(title, "Avg"))))
+    if not result.rows:
+        return None
+    result.notes = [f"published: {table.title}"]
+    if averages.selection != "training_domain":
+        result.notes.append(f"kdg numbers use {averages.selection} selection; the published "
+                            "ones training-domain validation")
+    if missing:
+        result.notes.append("missing: " + ", ".join(missing))
+    result.incomplete = bool(missing) or any(
+        c.incomplete for r in result.rows for c in (r.cells[0], r.cells[2]))
+    return result
+
+
+def _combined_cells(x: Cell, gx: Cell, without: float | None, change: float | None) -> list[Cell]:
+    delta = Cell() if x.mean is None or gx.mean is None else Cell(
+        gx.mean - x.mean, signed=True, partial=bool(x.flags or gx.flags))
+    with_gga = None if without is None or change is None else round(without + change, 1)
+    return [x, Cell(without, missing="—"), gx, Cell(with_gga, missing="—"), delta,
+            Cell(change, signed=True, missing="—")]
 
 
 def _published_pair(kdg: float | None, published: float | None) -> list[Cell]:

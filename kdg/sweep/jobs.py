@@ -9,7 +9,9 @@ trial t):
 * `training.trial_seed = t` (the in/out split of every domain);
 * `training.seed = seed_hash(sweep seed, dataset, algorithm, test_envs, h, t)`
   (initialisation, dropout, the batch stream), as DomainBed's sweep;
-* `dataset.test_domains` as domain indices.
+* `dataset.test_domains` as domain indices;
+* the sweep's `overrides_when` that match its dataset and algorithm, before
+  sample h's values.
 
 Its directory is `<output_dir>/<dataset>/<algorithm>/test<envs>/h<h>_t<t>_<hash>`,
 `<hash>` the first 8 hex digits of the SHA-1 of the resolved recipe without
@@ -239,6 +241,10 @@ def _job(sweep, dataset, algorithm, envs, h, t, values, training_fields) -> Job:
     config = copy.deepcopy(sweep.base)
     config["dataset"] = dict(copy.deepcopy(dataset), test_domains=list(envs))
     config["algorithm"] = copy.deepcopy(algorithm)
+    for rule in sweep.spec.overrides_when:
+        if rule.matches(dataset["name"], algorithm["name"]):
+            for key, value in rule.set.items():
+                recipes.set_dotted(config, str(key).split("."), copy.deepcopy(value))
     space_lib.apply(config, values, training_fields)
     training = config.setdefault("training", {})
     if not isinstance(training, dict):

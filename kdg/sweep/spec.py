@@ -11,6 +11,11 @@ n_hparams: 20                       # hyperparameter samples; sample 0 = the def
 n_trials: 3                         # trial t: training.trial_seed = t (the data split)
 seed: 0                             # the sweep's seed: hyperparameter draws and training seeds
 overrides: {training.steps: 5000}   # dotted keys set on the base recipe, as `kdg train --set`
+overrides_when:                     # dotted keys set on the jobs of one dataset and/or algorithm
+  - when: {dataset: VLCS}           #   (dataset, algorithm or both; a GGA entry is `gga`
+    set: {training.lr: 1.0e-5}      #    whatever its base); applied in order, after
+  - when: {dataset: VLCS, algorithm: gga}   #   `overrides`, before the sampled hyperparameters
+    set: {algorithm.rho: 1.0e-6}
 search_space:                       # merged over the defaults (kdg.sweep.space); null removes
   common: {weight_decay: null}
   fish: {meta_lr: {choice: [0.1, 0.5]}}
@@ -53,6 +58,26 @@ class SweepError(ValueError):
     """A sweep that cannot run, with every reason in the message."""
 
 
+class ConditionalOverrides(BaseModel):
+    """One `overrides_when` entry: dotted keys set on the jobs that match."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    when: dict[Literal["dataset", "algorithm"], str] = Field(min_length=1)
+    set: dict[str, Any] = Field(min_length=1)
+
+    def matches(self, dataset: str, algorithm: str) -> bool:
+        """Whether a job of `dataset` (its registry name) and `algorithm` (the
+        algorithm section's name) gets these overrides."""
+        from kdg import data
+
+        wanted = self.when.get("dataset")
+        if wanted is not None and data.get_info(wanted).name != dataset:
+            return False
+        wanted = self.when.get("algorithm")
+        return wanted is None or normalize_name(wanted) == normalize_name(algorithm)
+
+
 class SweepSpec(BaseModel):
     """The sweep file's schema (see the module docstring)."""
 
@@ -68,6 +93,7 @@ class SweepSpec(BaseModel):
     n_trials: int = Field(3, ge=1)
     seed: int = 0
     overrides: dict[str, Any] = Field(default_factory=dict)
+    overrides_when: list[ConditionalOverrides] = Field(default_factory=list)
     search_space: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
     default_space: bool = True
     backend: Literal[BACKENDS] | None = None
@@ -117,6 +143,10 @@ def _read_base(spec: SweepSpec, where: Path, problems: list[str]) -> dict:
     return {}
 
 
+def _dotted(key) -> bool:
+    return all(part.isidentifier() for part in str(key).split("."))
+
+
 def _check_names(spec: SweepSpec, base: dict, problems: list[str]) -> None:
     from kdg import data
     from kdg.algorithms import ALGORITHMS
@@ -140,6 +170,21 @@ def _check_names(spec: SweepSpec, base: dict, problems: list[str]) -> None:
         if name is None or normalize_name(name) not in ALGORITHMS:
             problems.append(f"algorithms.{i}: unknown algorithm {name!r}; known: "
                             f"{', '.join(known)}.{recipes.suggest(normalize_name(name), known)}")
+    for i, rule in enumerate(spec.overrides_when):
+        name = rule.when.get("dataset")
+        if name is not None:
+            try:
+                data.get_info(name)
+            except KeyError:
+                names = data.dataset_names()
+                problems.append(f"overrides_when.{i}.when.dataset: unknown dataset {name!r}; known: "
+                                f"{', '.join(names)}.{recipes.suggest(name, names)}")
+        name = rule.when.get("algorithm")
+        if name is not None and normalize_name(name) not in ALGORITHMS:
+            problems.append(f"overrides_when.{i}.when.algorithm: unknown algorithm {name!r}; "
+                            f"known: {', '.join(known)}.{recipes.suggest(normalize_name(name), known)}")
+        problems += [f"overrides_when.{i}.set.{key}: not a dotted key like training.lr."
+                     for key in rule.set if not _dotted(key)]
     for key, section in spec.search_space.items():
         if key != space_lib.COMMON and normalize_name(key) not in ALGORITHMS:
             problems.append(f"search_space.{key}: not an algorithm; use {space_lib.COMMON!r} or "
@@ -180,7 +225,7 @@ def load_sweep(source: str | os.PathLike | Mapping[str, Any], backend: str | Non
     problems: list[str] = []
     base = _read_base(spec, where, problems)
     for key, value in spec.overrides.items():
-        if not all(part.isidentifier() for part in str(key).split(".")):
+        if not _dotted(key):
             problems.append(f"overrides.{key}: not a dotted key like training.steps.")
         else:
             recipes.set_dotted(base, str(key).split("."), value)

@@ -261,9 +261,13 @@ def test_shipped_sweep_files_expand_to_valid_recipes(path, monkeypatch, tmp_path
     sweep = load_sweep(path)
     jobs = expand_jobs(sweep)
     spec = sweep.spec
-    domains = {j.test_envs for j in jobs}
-    assert domains == {(i,) for i in range(len(domains))}  # each domain in turn
-    assert len(jobs) == len(spec.algorithms) * spec.n_hparams * spec.n_trials * len(domains)
+    datasets = {j.dataset for j in jobs}
+    assert len(datasets) == len(spec.datasets or [None])
+    for dataset in datasets:
+        domains = {j.test_envs for j in jobs if j.dataset == dataset}
+        assert domains == {(i,) for i in range(len(domains))}  # each domain in turn
+        assert len([j for j in jobs if j.dataset == dataset]) == (
+            len(spec.algorithms) * spec.n_hparams * spec.n_trials * len(domains))
     for job in jobs:
         recipes.validate(job.recipe)
         assert Path(job.directory).is_relative_to(tmp_path)

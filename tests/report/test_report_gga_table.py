@@ -1,0 +1,55 @@
+"""`kdg report` on a sweep of GGA's combination table: kdg's X, GGA+X and
+GGA's change beside the published ones (kdg.report.published.GGA_COMBINED),
+with the missing cells named. Real results.jsonl files, one record each, so
+that every number below is worked out by hand."""
+
+from __future__ import annotations
+
+from report_sweeps import write_run
+
+from kdg.report import report
+from kdg.report.loading import load_runs
+
+# test-domain accuracy of each run = env{t}_in_acc of its test domain t
+CORAL_PACS = (.80, .84, .96, .76)        # mean 84.0
+GGA_CORAL_PACS = (.82, .86, .96, .80)    # mean 86.0: GGA's change +2.0
+CORAL_VLCS = (.96, .64, .72, .76)        # mean 77.0; GGA+CORAL not run on VLCS
+ERM_PACS = (.70, .70, .70, .70)          # a GGA around ERM stays "gga"
+
+
+def write(root, dataset, algorithm, accuracies, hparams):
+    for t, accuracy in enumerate(accuracies):
+        row = [100]
+        for i in range(4):
+            row += [accuracy, 0.9] if i == t else [0.5, 0.9]
+        write_run(root, dataset, (algorithm, (t,), 0, 0), [tuple(row)], hparams=hparams)
+
+
+def test_report_prints_kdgs_gga_changes_beside_the_published_ones(tmp_path):
+    write(tmp_path / "coral", "PACS", "coral", CORAL_PACS, {"lr": 3e-5})
+    write(tmp_path / "coral", "VLCS", "coral", CORAL_VLCS, {"lr": 1e-5})
+    write(tmp_path / "gga_coral", "PACS", "gga", GGA_CORAL_PACS,
+          {"lr": 3e-5, "rho": 1e-5, "base": {"name": "coral", "mmd_gamma": 1.0}})
+    write(tmp_path / "gga_erm", "PACS", "gga", ERM_PACS, {"lr": 3e-5, "base": {"name": "erm"}})
+
+    assert {r.algorithm for r in load_runs([tmp_path])} == {"coral", "gga+coral", "gga"}
+    text = report(tmp_path, fmt="text")
+    table = text[text.index("GGA combined with other algorithms"):]
+    rows = {tuple(line.split()[:2]): line.split()[2:] for line in table.splitlines()
+            if line.startswith("CORAL")}
+    # kdg X, published X, kdg GGA+X, published GGA+X (86.2 + 0.7), kdg Δ, published Δ
+    assert rows[("CORAL", "PACS")] == ["84.0", "86.2", "86.0", "86.9", "+2.0", "+0.7"]
+    assert rows[("CORAL", "VLCS")] == ["77.0", "78.8", "X", "78.4", "X", "-0.4"]
+    assert rows[("CORAL", "OfficeHome")] == ["X", "68.7", "X", "68.9", "X", "+0.2"]
+    assert rows[("CORAL", "TerraIncognita")] == ["X", "47.6", "X", "47.9", "X", "+0.3"]
+    assert rows[("CORAL", "Avg")] == ["X", "70.3", "X", "70.5", "X", "+0.2"]
+    assert set(rows) == {("CORAL", d) for d in ("PACS", "VLCS", "OfficeHome", "TerraIncognita",
+                                                "Avg")}
+    assert ("missing: GGA+CORAL on VLCS, CORAL on OfficeHome, GGA+CORAL on OfficeHome, "
+            "CORAL on TerraIncognita, GGA+CORAL on TerraIncognita") in " ".join(table.split())
+    assert "(INCOMPLETE)" in table.splitlines()[0]
+
+
+def test_no_combination_table_without_an_algorithm_of_it(tmp_path):
+    write(tmp_path, "PACS", "gga", ERM_PACS, {"lr": 3e-5, "base": {"name": "erm"}})
+    assert "GGA combined" not in report(tmp_path, fmt="text")
