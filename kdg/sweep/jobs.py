@@ -242,7 +242,7 @@ def _job(sweep, dataset, algorithm, envs, h, t, values, training_fields) -> Job:
     config["dataset"] = dict(copy.deepcopy(dataset), test_domains=list(envs))
     config["algorithm"] = copy.deepcopy(algorithm)
     for rule in sweep.spec.overrides_when:
-        if rule.matches(dataset["name"], algorithm["name"]):
+        if rule.matches(dataset["name"], algorithm):
             for key, value in rule.set.items():
                 recipes.set_dotted(config, str(key).split("."), copy.deepcopy(value))
     space_lib.apply(config, values, training_fields)

@@ -12,10 +12,10 @@ n_trials: 3                         # trial t: training.trial_seed = t (the data
 seed: 0                             # the sweep's seed: hyperparameter draws and training seeds
 overrides: {training.steps: 5000}   # dotted keys set on the base recipe, as `kdg train --set`
 overrides_when:                     # dotted keys set on the jobs of one dataset and/or algorithm
-  - when: {dataset: VLCS}           #   (dataset, algorithm or both; a GGA entry is `gga`
-    set: {training.lr: 1.0e-5}      #    whatever its base); applied in order, after
-  - when: {dataset: VLCS, algorithm: gga}   #   `overrides`, before the sampled hyperparameters
-    set: {algorithm.rho: 1.0e-6}
+  - when: {dataset: VLCS}           #   (dataset, algorithm or both; `gga` is GGA whatever
+    set: {training.lr: 1.0e-5}      #    its base, `gga+X` GGA wrapping X); applied in order,
+  - when: {dataset: VLCS, algorithm: gga}   #   after `overrides`, before the sampled
+    set: {algorithm.rho: 1.0e-6}    #    hyperparameters
 search_space:                       # merged over the defaults (kdg.sweep.space); null removes
   common: {weight_decay: null}
   fish: {meta_lr: {choice: [0.1, 0.5]}}
@@ -66,16 +66,25 @@ class ConditionalOverrides(BaseModel):
     when: dict[Literal["dataset", "algorithm"], str] = Field(min_length=1)
     set: dict[str, Any] = Field(min_length=1)
 
-    def matches(self, dataset: str, algorithm: str) -> bool:
+    def matches(self, dataset: str, algorithm: Mapping) -> bool:
         """Whether a job of `dataset` (its registry name) and `algorithm` (the
-        algorithm section's name) gets these overrides."""
+        recipe's algorithm section) gets these overrides. `when.algorithm`
+        names the section's algorithm (`gga`: GGA whatever its base), or
+        `gga+X`: GGA wrapping X."""
         from kdg import data
 
         wanted = self.when.get("dataset")
         if wanted is not None and data.get_info(wanted).name != dataset:
             return False
         wanted = self.when.get("algorithm")
-        return wanted is None or normalize_name(wanted) == normalize_name(algorithm)
+        if wanted is None:
+            return True
+        outer, _, inner = str(wanted).partition("+")
+        if normalize_name(outer) != normalize_name(algorithm["name"]):
+            return False
+        base = algorithm.get("base") or {}
+        base = base.get("name", "erm") if isinstance(base, Mapping) else base
+        return not inner or normalize_name(inner) == normalize_name(base)
 
 
 class SweepSpec(BaseModel):
@@ -180,7 +189,8 @@ def _check_names(spec: SweepSpec, base: dict, problems: list[str]) -> None:
                 problems.append(f"overrides_when.{i}.when.dataset: unknown dataset {name!r}; known: "
                                 f"{', '.join(names)}.{recipes.suggest(name, names)}")
         name = rule.when.get("algorithm")
-        if name is not None and normalize_name(name) not in ALGORITHMS:
+        if name is not None and not all(normalize_name(part) in ALGORITHMS
+                                        for part in str(name).split("+")):
             problems.append(f"overrides_when.{i}.when.algorithm: unknown algorithm {name!r}; "
                             f"known: {', '.join(known)}.{recipes.suggest(normalize_name(name), known)}")
         problems += [f"overrides_when.{i}.set.{key}: not a dotted key like training.lr."

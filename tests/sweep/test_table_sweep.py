@@ -44,9 +44,25 @@ def test_overrides_when_sets_keys_on_the_matching_jobs_only(tmp_path):
     assert seen == {(False, False), (False, True), (True, False), (True, True)}
 
 
+def test_overrides_when_gga_plus_x_names_gga_wrapping_x(tmp_path):
+    path = write_sweep(
+        tmp_path, datasets=["RotatedDigits"],
+        algorithms=["fish", {"name": "gga", "base": {"name": "fish"}}, "gga",
+                    {"name": "gga", "base": {"name": "corgrad"}}],
+        test_domains=[0], n_hparams=1, n_trials=1,
+        overrides_when=[{"when": {"algorithm": "GGA+Fish"}, "set": {"training.lr": 0.0005}}])
+    lrs = {(job.algorithm, job.recipe["algorithm"].get("base", {}).get("name")):
+           job.recipe["training"]["lr"] for job in expand_jobs(load_sweep(path))}
+    assert lrs[("gga", "fish")] == 0.0005
+    assert 0.0005 not in [lr for key, lr in lrs.items() if key != ("gga", "fish")]
+    assert len(lrs) == 4
+
+
 @pytest.mark.parametrize("rule, field", [
     ({"when": {"dataset": "PACZ"}, "set": {"training.lr": 1}}, "overrides_when.0.when.dataset"),
     ({"when": {"algorithm": "corall"}, "set": {"training.lr": 1}},
+     "overrides_when.0.when.algorithm"),
+    ({"when": {"algorithm": "gga+corall"}, "set": {"training.lr": 1}},
      "overrides_when.0.when.algorithm"),
     ({"when": {"dataset": "PACS"}, "set": {"training lr": 1}}, "overrides_when.0.set.training lr"),
     ({"when": {"domain": "PACS"}, "set": {"training.lr": 1}}, "overrides_when.0.when.domain"),
