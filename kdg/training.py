@@ -111,6 +111,7 @@ def build_model(recipe: recipes.Recipe, dataset):
         seed=training.seed,
         **({"mixstyle_layers": recipe.model.mixstyle_layers}
            if recipe.model.mixstyle_layers else {}),
+        **({"arm_context": True} if recipe.model.arm_context else {}),
     )
     kwargs = {"learning_rate": training.lr}
     if decoupled and training.weight_decay:
