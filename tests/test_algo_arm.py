@@ -132,7 +132,7 @@ def test_a_model_without_the_context_layer_is_refused_with_the_fix():
 
 def test_gga_around_arm_searches_then_steps_inside_the_window_and_only_steps_outside():
     x, y = images()
-    gga = lambda: GGA(base=ARM(), start_step=0, end_step=0, trials=6, rho=0.05)
+    gga = lambda: GGA(base=ARM(), start_step=0, end_step=0, trials=3, rho=0.05)
     searched, model = arm_model(gga(), lr=0.0), arm_model(gga())
     train(searched, x, y, 1)  # lr 0: the weights after the step are the search's best
     logs = train(model, x, y, 1)
