@@ -73,6 +73,9 @@ class ModelConfig(_Section):
         description="ResNets: ResNet stages (1-4) followed by a kdg.layers.MixStyle "
         "(algorithm mixstyle: [1, 2, 3])",
     )
+    arm_context: bool = Field(
+        False, description="a kdg.layers.ARMContext (ARM's context network) at the input "
+        "(algorithm arm)")
 
 
 class AlgorithmConfig(BaseModel):

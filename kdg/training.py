@@ -113,6 +113,7 @@ def build_model(recipe: recipes.Recipe, dataset, num_domains: int | None = None)
         seed=training.seed,
         **({"mixstyle_layers": recipe.model.mixstyle_layers}
            if recipe.model.mixstyle_layers else {}),
+        **({"arm_context": True} if recipe.model.arm_context else {}),
     )
     kwargs = {"learning_rate": training.lr}
     if decoupled and training.weight_decay:

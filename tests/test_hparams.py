@@ -105,6 +105,7 @@ REFUSED = [
     ({"name": "mtl", "mtl_ema": 1.5}, "mtl_ema", r"a number in \[0, 1\]", False),
     ({"name": "mtl", "num_domains": 2.5}, "num_domains", "an integer >= 1 or None", True),
     ({"name": "sagnet", "sag_w_adv": -0.1}, "sag_w_adv", "a number >= 0", False),
+    ({"name": "arm", "train_context": "yes"}, "train_context", "true or false", True),
 ]
 
 

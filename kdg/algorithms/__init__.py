@@ -8,6 +8,7 @@ the authors' code differ, DomainBed's protocol and the published numbers.
 
 from kdg.algorithm_names import normalize as normalize_name
 from kdg.algorithms.andmask import ANDMask
+from kdg.algorithms.arm import ARM
 from kdg.algorithms.base import Algorithm, StepContext
 from kdg.algorithms.coral import CORAL
 from kdg.algorithms.corgrad import CorGrad
@@ -54,6 +55,7 @@ ALGORITHMS = {cls.name: cls for cls in (
     MixStyle,
     MTL,
     SagNet,
+    ARM,
 )}
 
 
@@ -93,6 +95,7 @@ def get(identifier):
 __all__ = [
     "ALGORITHMS",
     "ANDMask",
+    "ARM",
     "Algorithm",
     "CORAL",
     "CorGrad",

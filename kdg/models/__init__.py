@@ -81,6 +81,7 @@ def build(
     l2_weight_decay=0.0,
     seed=None,
     preset_dir=None,
+    arm_context=False,
     **backbone_options,
 ) -> DGModel:
     """A `kdg.DGModel`: backbone features -> global average pooling ->
@@ -102,6 +103,11 @@ def build(
             ``freeze_bn`` defaults to True (the DomainBed protocol).
         preset_dir: where to load pretrained weights from without the
             network: a preset folder, or a folder holding ``<preset name>/``.
+        arm_context: put a `kdg.layers.ARMContext` (ARM's context network)
+            on the inputs; the backbone then takes C + 1 channels. A
+            pretrained backbone's first convolution gets the extra channel
+            as DomainBed does (input channel i takes the pretrained
+            channel i mod C: `backbones.widen_input`).
         **backbone_options: the backbone's own options (`OPTIONS`), e.g.
             ``mlp_width=256, mlp_depth=3, mlp_dropout=0.0`` for "mlp".
     """
@@ -110,12 +116,23 @@ def build(
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must be in [0, 1); got {dropout}.")
     input_shape = tuple(int(d) if d is not None else None for d in input_shape)
+    # ARM: the backbone sees the images and ARMContext's context channel
+    net_shape = input_shape[:-1] + (input_shape[-1] + 1,) if arm_context else input_shape
     features_net = build_backbone(
-        backbone, input_shape, pretrained=pretrained, preset_dir=preset_dir,
-        **backbone_options,
+        backbone, net_shape, pretrained=pretrained and not arm_context,
+        preset_dir=preset_dir, **backbone_options,
     )
+    if arm_context and pretrained and str(backbone).strip().lower() not in backbones.UNTRAINED:
+        features_net = backbones.widen_input(build_backbone(
+            backbone, input_shape, pretrained=True, preset_dir=preset_dir,
+            **backbone_options), features_net)
     inputs = keras.Input(input_shape, name="inputs")
-    features = _pool(features_net(inputs))
+    images = inputs
+    if arm_context:
+        from kdg.layers import ARMContext
+
+        images = ARMContext(name="arm_context")(inputs)
+    features = _pool(features_net(images))
     features = keras.layers.Dropout(float(dropout), seed=seed, name="dropout")(features)
     logits = keras.layers.Dense(int(num_classes), name="classifier")(features)
     return DGModel(

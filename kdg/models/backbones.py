@@ -93,6 +93,9 @@ OPTIONS = {
     "small_cnn": {"cnn_filters": (32, 64)},
 }
 
+# The built-in backbones without pretrained weights.
+UNTRAINED = ("mnist_cnn", "mlp", "small_cnn")
+
 # The feature widths, for `features_dim` without building anything.
 FEATURE_DIMS = {"resnet18": 512, "resnet50": 2048, "mnist_cnn": 128}
 
@@ -254,6 +257,32 @@ def small_cnn(input_shape, *, cnn_filters=(32, 64)):
         x = keras.layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     return keras.Model(inputs, x, name="backbone")
+
+
+def widen_input(source, target):
+    """``target`` (the same network as ``source`` for one more input
+    channel: C + 1 instead of C) with ``source``'s weights; the weights
+    whose input-channel axis grew (the first convolution's kernel, (kh, kw,
+    C + 1, F)) take, for input channel i, ``source``'s channel i mod C, as
+    DomainBed's ResNet does for inputs of other than 3 channels (ARM's
+    context channel)."""
+    values = []
+    for old, new in zip(source.weights, target.weights):
+        value = keras.ops.convert_to_numpy(old)
+        if tuple(old.shape) != tuple(new.shape):
+            grown = [a for a, (m, n) in enumerate(zip(old.shape, new.shape)) if m != n]
+            if len(old.shape) != len(new.shape) or len(grown) != 1:
+                raise ValueError(
+                    f"widen_input: {old.path} has shape {tuple(old.shape)} in the source "
+                    f"and {tuple(new.shape)} in the target; only the input-channel axis "
+                    "may differ.")
+            axis = grown[0]
+            value = value.take([i % old.shape[axis] for i in range(new.shape[axis])], axis=axis)
+        values.append(value)
+    if len(source.weights) != len(target.weights):
+        raise ValueError("widen_input: the source and target networks differ.")
+    target.set_weights(values)
+    return target
 
 
 # -- dispatch ----------------------------------------------------------------
