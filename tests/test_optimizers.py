@@ -170,7 +170,7 @@ def built_optimizer(tmp_path, **training_fields):
         "training": {"lr": 1e-3, **training_fields},
     })
     dataset = types.SimpleNamespace(num_classes=3, input_shape=(8, 8, 1))
-    return training.build_model(recipe, dataset).optimizer
+    return training.build_model(recipe, dataset, num_domains=2).optimizer
 
 
 @pytest.mark.parametrize("fields, cls, epsilon, decay", [
