@@ -1,4 +1,9 @@
-"""Plain PyTorch reference implementations of ERM, Fish, CorGrad, GGA and GGA-L.
+"""Plain PyTorch reference implementations of ERM, Fish, CorGrad, GGA and GGA-L,
+and, as benchmark runners for `kdg bench`, of the baselines of GGA's
+combination table written as DomainBed's ``algorithms.py`` writes them (SAM,
+GSAM and SAGM as the GGA repository does): SAM, GSAM, SAGM, ANDMask,
+SANDMask, MMD, CORAL, RSC, VREx, GroupDRO, IRM, Mixup, MLDG. ``ALGORITHMS``
+is keyed by kdg's registry names.
 
 This file is the "reference way" that kdg's benchmark measures itself against,
 and a second, independent implementation that kdg's results can be checked
@@ -24,8 +29,8 @@ GGA); for Fish it is the last inner step's gradient on the inner copy.
 Networks are ``Classifier(featurizer, classifier)`` modules; GGA perturbs all
 trainable parameters except those of ``network.classifier``.
 
-Names accepted by ``make_algorithm``: ERM, Fish, CorGrad, GGA, GGAL (also
-"GGA-L", "GGA_L"); case-insensitive. Hyper-parameters and their defaults are in
+Names accepted by ``make_algorithm``: the keys of ``ALGORITHMS`` in any
+spelling of kdg's registry names ("GGA-L", "GGA_L", "AND-mask"). Hyper-parameters and their defaults are in
 ``COMMON_DEFAULTS`` and each class's ``defaults``; unknown keys raise.
 
 Random numbers: GGA-L's xi, GGA's U(-rho, rho) and Fish's shuffled order come
@@ -90,6 +95,19 @@ __all__ = [
     "CorGrad",
     "GGAL",
     "GGA",
+    "SAM",
+    "GSAM",
+    "SAGM",
+    "ANDMask",
+    "SANDMask",
+    "MMD",
+    "CORAL",
+    "RSC",
+    "VREx",
+    "GroupDRO",
+    "IRM",
+    "Mixup",
+    "MLDG",
 ]
 
 
