@@ -49,7 +49,7 @@ def test_quick_bench_covers_every_registry_algorithm(tmp_path):
     names = set(REGISTRY) | {"gga_eval"}
     for runner, run in entry["runs"].items():
         assert set(run["algorithms"]) == names, runner
-        assert run["params"] == 64 * 256 + 2 * 256 * 257 + 257 * 3  # DomainBed's MLP, 3 classes
+        assert run["params"] == 65 * 256 + 2 * 257 * 256 + 257 * 3  # DomainBed's MLP, 3 classes
         for name, record in run["algorithms"].items():
             if record.get("no_reference"):
                 assert runner == "reference", name
