@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-import kdg.model  # noqa: F401  (registers kdg's classes for load_model)
+import kdg.dg_model  # noqa: F401  (registers kdg's classes for load_model)
 from kdg import recipes, training
 from kdg.algorithms import ALGORITHMS
 

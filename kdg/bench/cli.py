@@ -46,9 +46,9 @@ def _write(results, json_path, results_path):
               help="Runner(s): a Keras backend, tensorflow-xla, or the PyTorch 'reference' "
                    "(repeatable; default jax, tensorflow, torch, reference).")
 @click.option("--algorithm", "algorithms", multiple=True,
-              type=click.Choice(list(suite.SELECTABLE)),
-              help="Algorithm(s) to time (repeatable; default all but gga_eval, which "
-                   "comes with gga: one GGA evaluation, the D per-domain passes alone).")
+              help="Algorithm(s) to time, by registry name (repeatable; default every "
+                   "algorithm of kdg.algorithms.ALGORITHMS). gga_eval, one GGA evaluation "
+                   "(the D per-domain passes alone), comes with gga and can be chosen alone.")
 @click.option("--domains", type=int, default=3, show_default=True, help="D, training domains.")
 @click.option("--batch", type=int, default=32, show_default=True, help="B, examples per domain.")
 @click.option("--image-size", type=int, default=None,
@@ -83,8 +83,8 @@ def bench(quick, models, runners, algorithms, domains, batch, image_size, repeat
     plain PyTorch implementation written the way the reference code is.
 
     \b
-    For each algorithm (ERM, Fish, CorGrad, GGA-L, and GGA inside its
-    annealing window): compile time, the median step time and its spread,
+    For each algorithm of kdg's registry (GGA inside its annealing window;
+    a new algorithm is timed with its defaults): compile time, the median step time and its spread,
     the ratio to ERM on the same backend and to the reference, and peak
     memory. Each backend runs in its own process, one after the other.
 
@@ -110,7 +110,7 @@ def bench(quick, models, runners, algorithms, domains, batch, image_size, repeat
     try:
         scenarios = [
             suite.scenario(model, image_size=image_size, domains=domains, batch=batch,
-                           algorithms=algorithms or suite.ALGORITHMS, repeats=repeats,
+                           algorithms=algorithms or None, repeats=repeats,
                            warmup=warmup, gga_trials=trials, gga_repeats=gga_repeats,
                            compiles=compiles, quick=quick)
             for model in (models or ("mnist_cnn",))

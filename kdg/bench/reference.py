@@ -11,8 +11,11 @@ workers (`kdg.bench.run`), and writes the same JSON record per algorithm.
 an installed kdg. It has DomainBed's MNIST_CNN; the ResNets are built here, torchvision's layout, with BatchNorm frozen as
 DomainBed's `freeze_bn` does (and as `kdg.models.build` does by default).
 
-CorGrad runs with `tie_tol=0.0`, the reference's literal loop. "gga_eval"
-times `GGA._measure`, what the reference evaluates once per trial.
+Each algorithm gets the bench's settings (`kdg.bench.suite.hparams`;
+CorGrad runs with `tie_tol=0.0`, the reference's literal loop). "gga_eval"
+times `GGA._measure`, what the reference evaluates once per trial. An
+algorithm of kdg's registry that the reference does not implement is
+recorded as `{"no_reference": True}` (the tables say "no reference").
 """
 
 from __future__ import annotations
@@ -23,11 +26,6 @@ import os
 import sys
 
 from kdg.bench import measure, suite
-
-#: the annealing window that holds every benchmarked step
-ALWAYS = 2 ** 30
-NAMES = {"erm": "ERM", "fish": "Fish", "corgrad": "CorGrad", "ggal": "GGAL", "gga": "GGA"}
-
 
 def load_reference():
     """`kdg.bench.torch_reference`, imported when a worker needs it (it
@@ -122,22 +120,24 @@ def build_network(config, ref):
     model = config["model"]
     if model == "mnist_cnn":
         return ref.mnist_cnn(input_shape=(size, size, channels), num_classes=classes)
+    if model == "mlp":  # DomainBed's MLP (width 256, depth 3), as kdg.models.build's
+        return ref.mlp(size * size * channels, classes, hidden=(256, 256, 256))
     if model in ("resnet18", "resnet50"):
         features = _resnet(int(model[len("resnet"):]))(channels)
         return ref.Classifier(features, nn.Linear(features.n_outputs, classes))
     raise ValueError(f"The PyTorch reference has no network for {model!r}; "
-                     "it has mnist_cnn, resnet18 and resnet50.")
+                     "it has mnist_cnn, mlp, resnet18 and resnet50.")
 
 
 def make_algorithm(name, config, network, ref):
-    hparams = {"lr": float(config["lr"])}
-    if name == "corgrad":
-        hparams["tie_tol"] = 0.0  # the reference's literal loop
-    if name in ("gga", "gga_eval"):
-        hparams.update(start_step=0, end_step=ALWAYS, trials=int(config["gga_trials"]),
-                       rho=1e-5)
-        return ref.make_algorithm("GGA", network, hparams)
-    return ref.make_algorithm(NAMES[name], network, hparams)
+    """The reference's `name` ("gga_eval": its GGA, whose `_measure` is timed)."""
+    name = "gga" if name == "gga_eval" else name
+    return ref.make_algorithm(name, network, suite.hparams(name, config, reference=True))
+
+
+def has_reference(name, ref):
+    """Whether the PyTorch reference implements `name` (a registry name)."""
+    return ("gga" if name == "gga_eval" else name) in ref.ALGORITHMS
 
 
 def prepare(name, config, x, y, ref):
@@ -149,6 +149,8 @@ def prepare(name, config, x, y, ref):
     network.to(device)
     algo = make_algorithm(name, config, network, ref)
     xt = torch.as_tensor(x, device=device)
+    if config["model"] == "mlp":
+        xt = xt.reshape(xt.shape[0], xt.shape[1], -1)  # (D, B, features)
     yt = torch.as_tensor(y, device=device).long()
     if name == "gga_eval":
         network.train()
@@ -187,10 +189,13 @@ def run(config):
         networks[name], step = prepare(name, config, x, y, ref)
         return step
 
-    result["algorithms"] = measure.time_algorithms(names, make_step, config)
+    missing = [n for n in names if not has_reference(n, ref)]
+    present = [n for n in names if n not in missing]
+    result["algorithms"] = measure.time_algorithms(present, make_step, config) if present else {}
+    result["algorithms"].update({n: {"algorithm": n, "no_reference": True} for n in missing})
     if "gga" in result["algorithms"]:
         result["algorithms"]["gga"]["trials"] = int(config["gga_trials"])
-    network = next(iter(networks.values()))
+    network = next(iter(networks.values())) if networks else build_network(config, ref)
     result["params"] = sum(p.numel() for p in network.parameters() if p.requires_grad)
     result["param_mb"] = result["params"] * 4 / 2 ** 20
     result["load_after"] = os.getloadavg()[0]

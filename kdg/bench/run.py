@@ -16,6 +16,8 @@ builds a fresh model with `kdg.models.build`, then times
 - the process's peak resident memory during two steps after the warm-up,
   over what it was before the model was built.
 
+Every algorithm is the registry's class (`kdg.algorithms.ALGORITHMS`) built
+with the bench's settings (`kdg.bench.suite.hparams`), else its defaults;
 "gga" is GGA(base=ERM) inside its annealing window (every step searches,
 `gga_trials` trials). "gga_eval" times what one trial evaluates (the
 per-domain gradients, their minimum cosine and the loss, `OneEvaluation`),
@@ -38,15 +40,12 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
 
-from kdg.algorithms import ERM, GGA, GGAL, CorGrad, Fish  # noqa: E402
+from kdg.algorithms import ALGORITHMS as REGISTRY  # noqa: E402
+from kdg.algorithms import ERM  # noqa: E402
 from kdg.algorithms.base import Algorithm  # noqa: E402
 from kdg import layout  # noqa: E402
 from kdg.bench import measure, suite  # noqa: E402
 from kdg.ops import cosine_stats  # noqa: E402
-
-#: the annealing window that holds every benchmarked step
-ALWAYS = 2 ** 30
-
 
 class OneEvaluation(Algorithm):
     """One evaluation of GGA's search, as a training step that changes
@@ -63,17 +62,10 @@ class OneEvaluation(Algorithm):
 
 
 def make_algorithm(name, config):
-    trials = int(config["gga_trials"])
-    factories = {
-        "erm": lambda: ERM(),
-        "fish": lambda: Fish(),
-        "corgrad": lambda: CorGrad(),
-        "ggal": lambda: GGAL(),
-        "gga": lambda: GGA(base=ERM(), start_step=0, end_step=ALWAYS, trials=trials,
-                           rho=1e-5),
-        "gga_eval": lambda: OneEvaluation(),
-    }
-    return factories[name]()
+    """The algorithm `name` as the bench times it."""
+    if name == OneEvaluation.name:
+        return OneEvaluation()
+    return REGISTRY[name](**suite.hparams(name, config))
 
 
 def build_model(config, algorithm):

@@ -24,10 +24,73 @@ from pathlib import Path
 
 from kdg.bench import measure
 
-ALGORITHMS = ("erm", "fish", "corgrad", "ggal", "gga")
-#: ALGORITHMS and "gga_eval", one GGA evaluation alone (timed with "gga"
-#: anyway): the D per-domain passes, the floor of Fish's and CorGrad's step
-SELECTABLE = ("erm", "fish", "corgrad", "ggal", "gga_eval", "gga")
+#: The bench's own settings of the algorithms that need any, by registry name
+#: (`kdg.algorithms.ALGORITHMS`): the one place they are written. An algorithm
+#: not listed here is timed as its class builds it with its defaults, under its
+#: `title`, so that an algorithm added to the registry is benched (and given
+#: its PyTorch reference's ratio, or "no reference") without a change here.
+#:
+#: - label: the row's name (default: the class's `title`);
+#: - in_window: a GGA-type wrapper, timed inside its annealing window (every
+#:   step searches, `gga_trials` trials; its base is its default, ERM);
+#: - unit: an extra timed just before it, its unit of cost (`EXTRAS`);
+#: - reference: hyperparameters given to its PyTorch reference only;
+#: - erm_target: the target for its step, as a ratio to ERM's on the same backend.
+SETTINGS = {
+    "fish": {"erm_target": 1.15},
+    "corgrad": {"erm_target": 1.2,
+                "reference": {"tie_tol": 0.0}},  # the reference's literal loop
+    "ggal": {"erm_target": 1.2},
+    "gga": {"label": "GGA (in window)", "in_window": True, "unit": "gga_eval"},
+}
+#: What the bench times beside the registry's algorithms: "gga_eval", one GGA
+#: evaluation alone (the D per-domain passes, the floor of Fish's and
+#: CorGrad's step), timed with "gga" anyway and selectable on its own.
+EXTRAS = {"gga_eval": {"label": "one GGA evaluation"}}
+#: the annealing window that holds every benchmarked step (`in_window`)
+ALWAYS = 2 ** 30
+#: GGA's rho inside the window (the authors' value for PACS and most datasets)
+IN_WINDOW_RHO = 1e-5
+
+
+def registry():
+    """{name: title} of every algorithm of kdg's registry, in its order.
+    Imports `kdg.algorithms` (and so Keras) on first use: the parent process
+    needs the names only, never a computation."""
+    from kdg.algorithms import ALGORITHMS as REGISTRY
+
+    return {name: cls.title or name for name, cls in REGISTRY.items()}
+
+
+def default_algorithms():
+    """What `kdg bench` times by default: every registry algorithm."""
+    return tuple(registry())
+
+
+def selectable():
+    """The names `--algorithm` accepts: the registry's and `EXTRAS`."""
+    return tuple(registry()) + tuple(EXTRAS)
+
+
+def label(name, titles=None):
+    """The row name of `name` in the tables."""
+    own = SETTINGS.get(name, EXTRAS.get(name, {})).get("label")
+    return own or (titles if titles is not None else registry()).get(name, name)
+
+
+def hparams(name, config, reference=False):
+    """The constructor arguments the bench gives algorithm `name` under a
+    scenario's `config` (`reference`: those of its PyTorch reference, which
+    also takes the scenario's lr)."""
+    settings = SETTINGS.get(name, {})
+    out = {}
+    if settings.get("in_window"):
+        out.update(start_step=0, end_step=ALWAYS, trials=int(config["gga_trials"]),
+                   rho=IN_WINDOW_RHO)
+    if reference:
+        out.update(settings.get("reference", {}), lr=float(config["lr"]))
+    return out
+
 
 from kdg.recipes import BACKENDS  # noqa: E402  (kdg.bench.BACKENDS, for its users)
 RUNNERS = {
@@ -45,38 +108,49 @@ MODELS = {
     "mnist_cnn": {"image_size": 28, "channels": 1, "num_classes": 10},
     "resnet18": {"image_size": 32, "channels": 3, "num_classes": 7},
     "resnet50": {"image_size": 32, "channels": 3, "num_classes": 7},
+    # DomainBed's MLP on 8x8 inputs: the cheapest model to compile (the tests' smoke run)
+    "mlp": {"image_size": 8, "channels": 1, "num_classes": 3},
 }
 
 
 def timed(algorithms):
-    """What is timed for `algorithms`: GGA comes with one GGA evaluation,
-    timed just before it (the unit of GGA's cost)."""
+    """What is timed for `algorithms`: an algorithm with a `unit` (GGA: one
+    GGA evaluation) comes with it, timed just before it."""
     names = list(algorithms)
-    if "gga" in names and "gga_eval" not in names:
-        names.insert(names.index("gga"), "gga_eval")
+    for name in list(names):
+        unit = SETTINGS.get(name, {}).get("unit")
+        if unit and unit not in names:
+            names.insert(names.index(name), unit)
     return names
 
 
 def scenario(model="mnist_cnn", *, image_size=None, domains=3, batch=32,
-             algorithms=ALGORITHMS, repeats=10, warmup=2, gga_trials=8, gga_repeats=3,
+             algorithms=None, repeats=10, warmup=2, gga_trials=8, gga_repeats=3,
              gga_warmup=1, compiles=1, seed=0, lr=5e-5, quick=False):
     """One scenario's configuration (what every worker of it receives).
 
-    `quick` is the CI smoke test's: tiny images and batches, few repeats,
-    two GGA trials."""
+    `algorithms`: registry names (or `EXTRAS`), default every registry
+    algorithm; the config carries their labels, so that a report renders
+    without the registry. `quick` is the CI smoke test's: tiny images and
+    batches, few repeats, two GGA trials."""
     if model not in MODELS:
         raise ValueError(f"kdg bench knows the models {', '.join(MODELS)}; got {model!r}.")
-    unknown = sorted(set(algorithms) - set(SELECTABLE))
+    from kdg.algorithm_names import normalize
+
+    titles = registry()
+    algorithms = [n if n in EXTRAS else normalize(n) for n in algorithms or titles]
+    unknown = [n for n in algorithms if n not in titles and n not in EXTRAS]
     if unknown:
-        raise ValueError(f"Unknown algorithm(s) {', '.join(unknown)}; "
-                         f"kdg bench times {', '.join(SELECTABLE)}.")
+        raise ValueError(f"Unknown algorithm(s) {', '.join(unknown)}; kdg bench times the "
+                         f"registry's: {', '.join(list(titles) + list(EXTRAS))}.")
+    labels = {n: label(n, titles) for n in timed(algorithms)}
     config = dict(MODELS[model], model=model, domains=int(domains), batch=int(batch),
-                  algorithms=list(algorithms), repeats=int(repeats), warmup=int(warmup),
+                  algorithms=algorithms, labels=labels, repeats=int(repeats), warmup=int(warmup),
                   gga_trials=int(gga_trials), gga_repeats=int(gga_repeats),
                   gga_warmup=int(gga_warmup), compiles=int(compiles), seed=int(seed),
                   lr=float(lr))
     if quick:
-        config.update(image_size=12 if model == "mnist_cnn" else 32, batch=4, repeats=3,
+        config.update(image_size={"mnist_cnn": 12, "mlp": 8}.get(model, 32), batch=4, repeats=3,
                       warmup=1, gga_trials=2, gga_repeats=2, gga_warmup=1, compiles=1,
                       framework_warmup=False, structure=False)
     if image_size is not None:

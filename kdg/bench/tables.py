@@ -13,14 +13,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from kdg.bench.suite import ALGORITHMS, SELECTABLE, timed
+from kdg.bench.suite import SETTINGS, label, timed
 
 BEGIN = "<!-- kdg bench: generated, begin -->"
 END = "<!-- kdg bench: generated, end -->"
-LABELS = {"erm": "ERM", "fish": "Fish", "corgrad": "CorGrad", "ggal": "GGA-L",
-          "gga": "GGA (in window)", "gga_eval": "one GGA evaluation"}
-#: time-per-step targets, as ratios to ERM on the same backend
-ERM_TARGETS = {"fish": 1.15, "corgrad": 1.2, "ggal": 1.2}
+#: a cell of an algorithm the PyTorch reference does not implement
+NO_REFERENCE = "no reference"
 REFERENCE_TARGET = 1.3
 TRIAL_TARGET = 1.1
 COMPILE_TARGET = 2.0
@@ -58,9 +56,22 @@ def _mark(passed):
 
 
 def _alg(run, name):
+    """`name`'s timing record in a runner's record; None when there is none
+    (a failed runner, or no reference for it)."""
     if not run or "error" in run:
         return None
-    return run.get("algorithms", {}).get(name)
+    record = run.get("algorithms", {}).get(name)
+    return None if record is None or record.get("no_reference") else record
+
+
+def _missing_reference(run, name):
+    return bool(run and run.get("algorithms", {}).get(name, {}).get("no_reference"))
+
+
+def labels(entry):
+    """{name: row label} of a scenario: those its configuration carries."""
+    saved = entry["config"].get("labels", {})
+    return {n: saved.get(n) or label(n, {}) for n in _names(entry)}
 
 
 def step(run, name):
@@ -98,9 +109,11 @@ def gga_costs(run):
 
 # -- checks -------------------------------------------------------------------------------
 
-def problems(results, algorithms=ALGORITHMS, runners=None):
+def problems(results, algorithms=None, runners=None):
     """Everything missing or not positive and finite, as messages; [] when
-    every scenario has every algorithm on every runner with usable numbers."""
+    every scenario has every algorithm (default: those it was configured
+    with) on every runner with usable numbers. An algorithm the PyTorch
+    reference does not implement is recorded as such, not a problem."""
     out = []
     scenarios = results.get("scenarios") or []
     if not scenarios:
@@ -116,10 +129,12 @@ def problems(results, algorithms=ALGORITHMS, runners=None):
             if "error" in run:
                 out.append(f"{model}: runner {runner} failed: {run['error'][-300:]}")
                 continue
-            for name in timed(algorithms):
+            for name in timed(algorithms or entry["config"]["algorithms"]):
                 record = run["algorithms"].get(name)
                 if record is None:
                     out.append(f"{model}/{runner}: {name} missing")
+                    continue
+                if record.get("no_reference") and runner == "reference":
                     continue
                 for key in ("median_s", "q1_s", "q3_s", "min_s", "max_s", "first_step_s"):
                     if not (_ok(record.get(key)) and record[key] > 0):
@@ -141,30 +156,35 @@ def targets(entry):
     model = entry["config"]["model"]
     kdg = [r for r in KDG_RUNNERS if r in runs and "error" not in runs[r]]
     ref = runs.get("reference") if "error" not in runs.get("reference", {"error": 1}) else None
+    names, labelled = _names(entry), labels(entry)
+    algorithms = [n for n in names if n in entry["config"]["algorithms"]]
     rows = []
-    for name, limit in ERM_TARGETS.items():
-        for runner in kdg:
+    for name in algorithms:
+        limit = SETTINGS.get(name, {}).get("erm_target")
+        for runner in kdg if limit else ():
             value = ratio(step(runs[runner], name), step(runs[runner], "erm"))
             if value is not None:
-                rows.append((f"{LABELS[name]} step <= {limit}x ERM's", runner, _x(value),
+                rows.append((f"{labelled[name]} step <= {limit}x ERM's", runner, _x(value),
                              value <= limit))
     if ref:
-        for name in ALGORITHMS:
+        for name in algorithms:
+            if name == "erm":
+                continue
             ref_ratio = ratio(step(ref, name), step(ref, "erm"))
             for runner in kdg:
                 value = ratio(step(runs[runner], name), step(runs[runner], "erm"))
                 if value is not None and ref_ratio is not None:
-                    rows.append((f"{LABELS[name]}: kdg's ratio to ERM <= the reference's",
+                    rows.append((f"{labelled[name]}: kdg's ratio to ERM <= the reference's",
                                  runner, f"{_x(value)} vs {_x(ref_ratio)}",
                                  value <= ref_ratio))
-        for name in ALGORITHMS:
+        for name in algorithms:
             times = {r: step(runs[r], name) for r in kdg if _ok(step(runs[r], name))}
             if not times or not _ok(step(ref, name)):
                 continue
             best = min(times, key=times.get)
             value = times[best] / step(ref, name)
             limit = 1.0 if name == "ggal" else REFERENCE_TARGET
-            rows.append((f"{LABELS[name]}: fastest backend <= "
+            rows.append((f"{labelled[name]}: fastest backend <= "
                          f"{'1.0x (faster)' if name == 'ggal' else f'{limit}x'} the reference",
                          best, _x(value), value < limit if name == "ggal" else value <= limit))
     for runner in kdg:
@@ -206,7 +226,12 @@ def _table(header, rows):
 
 
 def _names(entry):
-    return timed(n for n in SELECTABLE if n in entry["config"]["algorithms"])
+    return timed(entry["config"]["algorithms"])
+
+
+def _blank(run, name):
+    """The cell of an algorithm a runner has no time for."""
+    return NO_REFERENCE if _missing_reference(run, name) else "–"
 
 
 def _runners(entry):
@@ -223,7 +248,7 @@ def _versions(results):
 
 def scenario_markdown(entry):
     config, runs = entry["config"], entry["runs"]
-    names, runners = _names(entry), _runners(entry)
+    names, runners, labelled = _names(entry), _runners(entry), labels(entry)
     ok = [r for r in runners if "error" not in runs[r]]
     size = config["image_size"]
     params = next((runs[r].get("params") for r in ok if runs[r].get("params")), None)
@@ -242,17 +267,18 @@ def scenario_markdown(entry):
     out.append("\n**Time per step, ms: median [interquartile range]**\n")
     rows = []
     for name in names:
-        row = [LABELS[name]]
+        row = [labelled[name]]
         for r in ok:
             rec = _alg(runs[r], name)
             row.append(f"{_ms(rec['median_s'])} [{_ms(rec['q1_s'])}–{_ms(rec['q3_s'])}]"
-                       if rec else "–")
+                       if rec else _blank(runs[r], name))
         rows.append(row)
     out.append(_table(["algorithm"] + ok, rows))
 
     out.append("\n**Ratio to ERM on the same runner** (the reference's own ratio in its "
                "column)\n")
-    rows = [[LABELS[n]] + [_x(ratio(step(runs[r], n), step(runs[r], "erm"))) for r in ok]
+    rows = [[labelled[n]] + [_x(ratio(step(runs[r], n), step(runs[r], "erm")))
+                             if _alg(runs[r], n) else _blank(runs[r], n) for r in ok]
             for n in names if n != "erm"]
     out.append(_table(["algorithm"] + ok, rows))
 
@@ -260,8 +286,9 @@ def scenario_markdown(entry):
         kdg = [r for r in ok if r != "reference"]
         out.append("\n**kdg's step / the PyTorch reference's step, same algorithm** "
                    "(below 1: kdg is faster)\n")
-        rows = [[LABELS[n]] + [_x(ratio(step(runs[r], n), step(runs["reference"], n)))
-                               for r in kdg] for n in names]
+        rows = [[labelled[n]] + [_x(ratio(step(runs[r], n), step(runs["reference"], n)))
+                                 if _alg(runs["reference"], n) else _blank(runs["reference"], n)
+                                 for r in kdg] for n in names]
         out.append(_table(["algorithm"] + kdg, rows))
 
     out.append("\n**Compile time, s** (first step less a steady step; PyTorch is eager: "
@@ -269,7 +296,7 @@ def scenario_markdown(entry):
                "ratio to ERM's**\n")
     rows = []
     for name in names:
-        row = [LABELS[name]]
+        row = [labelled[name]]
         for r in ok:
             rec, erm = _alg(runs[r], name), _alg(runs[r], "erm")
             if not (rec and erm):
@@ -290,7 +317,7 @@ def scenario_markdown(entry):
                "\n**Peak memory, MB over the process before the model was built**\n")
     rows = []
     for name in names:
-        row = [LABELS[name]]
+        row = [labelled[name]]
         for r in ok:
             rec, erm = _alg(runs[r], name), _alg(runs[r], "erm")
             if not rec or not _ok(rec.get("peak_over_base_mb")):
@@ -423,4 +450,4 @@ def write_results(path, results, title="# kdg benchmark results"):
     return path
 
 
-__all__ = ["gga_costs", "markdown", "merge", "problems", "targets", "write_results"]
+__all__ = ["gga_costs", "labels", "markdown", "merge", "problems", "targets", "write_results"]

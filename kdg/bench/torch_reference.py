@@ -1,4 +1,9 @@
-"""Plain PyTorch reference implementations of ERM, Fish, CorGrad, GGA and GGA-L.
+"""Plain PyTorch reference implementations of ERM, Fish, CorGrad, GGA and GGA-L,
+and, as benchmark runners for `kdg bench`, of the baselines of GGA's
+combination table written as DomainBed's ``algorithms.py`` writes them (SAM,
+GSAM and SAGM as the GGA repository does): SAM, GSAM, SAGM, ANDMask,
+SANDMask, MMD, CORAL, RSC, VREx, GroupDRO, IRM, Mixup, MLDG. ``ALGORITHMS``
+is keyed by kdg's registry names.
 
 This file is the "reference way" that kdg's benchmark measures itself against,
 and a second, independent implementation that kdg's results can be checked
@@ -24,8 +29,8 @@ GGA); for Fish it is the last inner step's gradient on the inner copy.
 Networks are ``Classifier(featurizer, classifier)`` modules; GGA perturbs all
 trainable parameters except those of ``network.classifier``.
 
-Names accepted by ``make_algorithm``: ERM, Fish, CorGrad, GGA, GGAL (also
-"GGA-L", "GGA_L"); case-insensitive. Hyper-parameters and their defaults are in
+Names accepted by ``make_algorithm``: the keys of ``ALGORITHMS`` in any
+spelling of kdg's registry names ("GGA-L", "GGA_L", "AND-mask"). Hyper-parameters and their defaults are in
 ``COMMON_DEFAULTS`` and each class's ``defaults``; unknown keys raise.
 
 Random numbers: GGA-L's xi, GGA's U(-rho, rho) and Fish's shuffled order come
@@ -90,6 +95,19 @@ __all__ = [
     "CorGrad",
     "GGAL",
     "GGA",
+    "SAM",
+    "GSAM",
+    "SAGM",
+    "ANDMask",
+    "SANDMask",
+    "MMD",
+    "CORAL",
+    "RSC",
+    "VREx",
+    "GroupDRO",
+    "IRM",
+    "Mixup",
+    "MLDG",
 ]
 
 
@@ -651,6 +669,327 @@ class GGA:
 
 
 # --------------------------------------------------------------------------
+# The baselines of GGA's combination table, as DomainBed's algorithms.py (and,
+# for SAM, GSAM and SAGM, the GGA repository) writes them: benchmark runners,
+# each DomainBed's `update` on minibatches x[d], y[d], kept as short and as
+# plain as there. Hyperparameter names are kdg's (kdg.algorithms), defaults
+# DomainBed's.
+# --------------------------------------------------------------------------
+
+
+def _cat(x, y):
+    return torch.cat(list(x)), torch.cat(list(y))
+
+
+class _OneLoss(Algorithm):
+    """One optimizer step on the gradient of ``self.objective(x, y)``."""
+
+    def _update(self, x, y):
+        loss, stats = self.objective(x, y)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item(), **stats}
+
+
+class _AbstractMMD(_OneLoss):
+    """DomainBed's AbstractMMD: CE per domain + mmd_gamma * mean pairwise
+    discrepancy of the featurizer's outputs."""
+
+    defaults = {"mmd_gamma": 1.0}
+    gaussian = True
+
+    @staticmethod
+    def my_cdist(x1, x2):
+        x1_norm = x1.pow(2).sum(dim=-1, keepdim=True)
+        x2_norm = x2.pow(2).sum(dim=-1, keepdim=True)
+        res = torch.addmm(x2_norm.transpose(-2, -1), x1, x2.transpose(-2, -1), alpha=-2)
+        return res.add_(x1_norm).clamp_min_(1e-30)
+
+    def gaussian_kernel(self, x, y, gamma=(0.001, 0.01, 0.1, 1, 10, 100, 1000)):
+        dist = self.my_cdist(x, y)
+        kernel = torch.zeros_like(dist)
+        for g in gamma:
+            kernel.add_(torch.exp(dist.mul(-g)))
+        return kernel
+
+    def mmd(self, x, y):
+        if self.gaussian:
+            return (self.gaussian_kernel(x, x).mean() + self.gaussian_kernel(y, y).mean()
+                    - 2 * self.gaussian_kernel(x, y).mean())
+        mean_x, mean_y = x.mean(0, keepdim=True), y.mean(0, keepdim=True)
+        cent_x, cent_y = x - mean_x, y - mean_y
+        cova_x = (cent_x.t() @ cent_x) / (len(x) - 1)
+        cova_y = (cent_y.t() @ cent_y) / (len(y) - 1)
+        return (mean_x - mean_y).pow(2).mean() + (cova_x - cova_y).pow(2).mean()
+
+    def _update(self, x, y):
+        nmb = len(x)
+        features = [self.network.featurizer(xi) for xi in x]
+        classifs = [self.network.classifier(fi) for fi in features]
+        objective, penalty = 0, torch.zeros((), device=self.device)
+        for i in range(nmb):
+            objective += F.cross_entropy(classifs[i], y[i])
+            for j in range(i + 1, nmb):
+                penalty += self.mmd(features[i], features[j])
+        objective /= nmb
+        if nmb > 1:
+            penalty /= nmb * (nmb - 1) / 2
+        self.optimizer.zero_grad()
+        (objective + self.hparams["mmd_gamma"] * penalty).backward()
+        self.optimizer.step()
+        return {"loss": objective.item(), "penalty": penalty.item()}
+
+
+class MMD(_AbstractMMD):
+    gaussian = True
+
+
+class CORAL(_AbstractMMD):
+    gaussian = False
+
+
+class GroupDRO(_OneLoss):
+    defaults = {"eta": 1e-2}
+
+    def objective(self, x, y):
+        if not hasattr(self, "q"):
+            self.q = torch.ones(len(x), device=self.device)
+        losses = torch.zeros(len(x), device=self.device)
+        for m in range(len(x)):
+            losses[m] = F.cross_entropy(self.network(x[m]), y[m])
+            self.q[m] *= (self.hparams["eta"] * losses[m].data).exp()
+        self.q /= self.q.sum()
+        return torch.dot(losses, self.q), {}
+
+
+class _Penalized(_OneLoss):
+    """IRM and VREx: nll + w * penalty, w = 1 before anneal_steps; Adam reset at it."""
+
+    def objective(self, x, y):
+        h = self.hparams
+        weight = h["penalty_weight"] if self.step >= h["anneal_steps"] else 1.0
+        all_x, _ = _cat(x, y)
+        all_logits = self.network(all_x)
+        nll, penalty = self.nll_and_penalty(all_logits.split([len(xi) for xi in x]), y)
+        if self.step == h["anneal_steps"]:  # DomainBed's "Reset Adam"
+            self.optimizer = self.new_optimizer(self.params)
+        return nll + weight * penalty, {"nll": nll.item(), "penalty": penalty.item()}
+
+
+class IRM(_Penalized):
+    defaults = {"penalty_weight": 1e2, "anneal_steps": 500}
+
+    @staticmethod
+    def _irm_penalty(logits, y):
+        scale = torch.tensor(1.0, device=logits.device).requires_grad_()
+        loss_1 = F.cross_entropy(logits[::2] * scale, y[::2])
+        loss_2 = F.cross_entropy(logits[1::2] * scale, y[1::2])
+        grad_1 = torch.autograd.grad(loss_1, [scale], create_graph=True)[0]
+        grad_2 = torch.autograd.grad(loss_2, [scale], create_graph=True)[0]
+        return torch.sum(grad_1 * grad_2)
+
+    def nll_and_penalty(self, logits, y):
+        nll = sum(F.cross_entropy(z, yi) for z, yi in zip(logits, y)) / len(y)
+        penalty = sum(self._irm_penalty(z, yi) for z, yi in zip(logits, y)) / len(y)
+        return nll, penalty
+
+
+class VREx(_Penalized):
+    defaults = {"penalty_weight": 1e1, "anneal_steps": 500}
+
+    def nll_and_penalty(self, logits, y):
+        losses = torch.stack([F.cross_entropy(z, yi) for z, yi in zip(logits, y)])
+        mean = losses.mean()
+        return mean, ((losses - mean) ** 2).mean()
+
+
+class Mixup(_OneLoss):
+    defaults = {"alpha": 0.2}
+
+    def objective(self, x, y):
+        perm = torch.randperm(len(x), generator=self.generator, device=self.device).tolist()
+        rng = getattr(self, "rng", None) or np.random.default_rng(int(self.hparams["seed"]))
+        self.rng = rng
+        objective = 0
+        for i, j in zip(perm, perm[1:] + perm[:1]):  # DomainBed's random_pairs_of_minibatches
+            lam = float(rng.beta(self.hparams["alpha"], self.hparams["alpha"]))
+            predictions = self.network(lam * x[i] + (1 - lam) * x[j])
+            objective += lam * F.cross_entropy(predictions, y[i])
+            objective += (1 - lam) * F.cross_entropy(predictions, y[j])
+        return objective / len(x), {}
+
+
+class MLDG(Algorithm):
+    """DomainBed's first-order MLDG: a deep copy and a fresh Adam per pair."""
+
+    defaults = {"beta": 1.0, "n_meta_test": 2}
+
+    def _update(self, x, y):
+        num_mb = len(x)
+        perm = torch.randperm(num_mb, generator=self.generator, device=self.device).tolist()
+        n = self.hparams["n_meta_test"]
+        meta_train, meta_test = perm[: num_mb - n], perm[-n:]
+        objective = 0.0
+        self.optimizer.zero_grad()
+        for p in self.network.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        for i, j in zip(meta_train, itertools.cycle(meta_test)):
+            inner_net = copy.deepcopy(self.network)
+            inner_opt = self.new_optimizer([p for p in inner_net.parameters() if p.requires_grad])
+            inner_obj = F.cross_entropy(inner_net(x[i]), y[i])
+            inner_opt.zero_grad()
+            inner_obj.backward()
+            inner_opt.step()
+            for p_tgt, p_src in zip(self.network.parameters(), inner_net.parameters()):
+                if p_src.grad is not None:
+                    p_tgt.grad.data.add_(p_src.grad.data / num_mb)
+            objective += inner_obj.item()
+            loss_inner_j = F.cross_entropy(inner_net(x[j]), y[j])
+            grad_inner_j = torch.autograd.grad(loss_inner_j, list(inner_net.parameters()),
+                                               allow_unused=True)
+            objective += self.hparams["beta"] * loss_inner_j.item()
+            for p, g_j in zip(self.network.parameters(), grad_inner_j):
+                if g_j is not None:
+                    p.grad.data.add_(self.hparams["beta"] * g_j.data / num_mb)
+        self.optimizer.step()
+        return {"loss": objective / num_mb}
+
+
+class RSC(_OneLoss):
+    defaults = {"rsc_f_drop_factor": 1 / 3, "rsc_b_drop_factor": 1 / 3}
+
+    def objective(self, x, y):
+        drop_f = (1 - self.hparams["rsc_f_drop_factor"]) * 100
+        drop_b = (1 - self.hparams["rsc_b_drop_factor"]) * 100
+        all_x, all_y = _cat(x, y)
+        all_f = self.network.featurizer(all_x)
+        all_p = self.network.classifier(all_f)
+        all_o = F.one_hot(all_y, all_p.shape[1])
+        all_g = torch.autograd.grad((all_p * all_o).sum(), all_f)[0]
+        percentiles = torch.tensor(np.percentile(all_g.detach().cpu(), drop_f, axis=1),
+                                   dtype=all_g.dtype, device=all_g.device)
+        mask_f = all_g.lt(percentiles.unsqueeze(1).repeat(1, all_g.size(1))).float()
+        all_p_muted = self.network.classifier(all_f * mask_f)
+        all_s, all_s_muted = F.softmax(all_p, dim=1), F.softmax(all_p_muted, dim=1)
+        changes = (all_s * all_o).sum(1) - (all_s_muted * all_o).sum(1)
+        percentile = np.percentile(changes.detach().cpu(), drop_b)
+        mask_b = changes.lt(percentile).float().view(-1, 1)
+        mask = torch.logical_or(mask_f, mask_b).float()
+        return F.cross_entropy(self.network.classifier(all_f * mask), all_y), {}
+
+
+class ANDMask(Algorithm):
+    """DomainBed's ANDMask: per-domain gradients, masked mean."""
+
+    defaults = {"tau": 1.0}
+
+    def mask_grads(self, gradients):
+        for param, grads in zip(self.params, gradients):
+            grads = torch.stack(grads, dim=0)
+            mask = (torch.mean(torch.sign(grads), dim=0).abs() >= self.hparams["tau"]).float()
+            mask_t = mask.sum() / mask.numel()
+            param.grad = mask * grads.mean(dim=0)
+            param.grad *= 1.0 / (1e-10 + mask_t)
+
+    def _update(self, x, y):
+        grads, losses = per_domain_grads(self.network, self.params, x, y)
+        self.optimizer.zero_grad()
+        self.mask_grads(list(zip(*grads)))
+        self.optimizer.step()
+        return {"loss": sum(losses) / len(losses)}
+
+
+class SANDMask(ANDMask):
+    defaults = {"tau": 1.0, "k": 10.0}
+
+    def mask_grads(self, gradients):
+        for param, grads in zip(self.params, gradients):
+            grads = torch.stack(grads, dim=0)
+            avg_grad = torch.mean(grads, dim=0)
+            grads_var = grads.var(dim=0)
+            grads_var[torch.isnan(grads_var)] = 1e-17
+            lam = grads_var.pow(-1)
+            mask = torch.tanh(self.hparams["k"] * lam
+                              * (torch.abs(torch.sign(grads).mean(dim=0)) - self.hparams["tau"]))
+            mask = torch.max(mask, torch.zeros_like(mask))
+            mask[torch.isnan(mask)] = 1e-17
+            mask_t = mask.sum() / mask.numel()
+            param.grad = mask * avg_grad
+            param.grad *= 1.0 / (1e-10 + mask_t)
+
+
+class SAM(Algorithm):
+    """The GGA repository's SAM on ERM's loss: two passes, e = rho g / |g|."""
+
+    defaults = {"rho": 0.05}
+
+    def grad_norm(self):
+        return torch.norm(torch.stack([p.grad.norm(p=2) for p in self.params]), p=2)
+
+    def ascent(self, grad_norm):
+        return [p.grad * (self.hparams["rho"] / (grad_norm + 1e-12)) for p in self.params]
+
+    def second_grad(self, all_x, all_y, e_w):
+        with torch.no_grad():
+            for p, e in zip(self.params, e_w):
+                p.add_(e)
+        self.optimizer.zero_grad()
+        loss = F.cross_entropy(self.network(all_x), all_y)
+        loss.backward()
+        with torch.no_grad():
+            for p, e in zip(self.params, e_w):
+                p.sub_(e)
+        return loss
+
+    def _update(self, x, y):
+        all_x, all_y = _cat(x, y)
+        self.optimizer.zero_grad()
+        loss = F.cross_entropy(self.network(all_x), all_y)
+        loss.backward()
+        old_g = [p.grad.clone() for p in self.params]
+        loss_p = self.second_grad(all_x, all_y, self.ascent(self.grad_norm()))
+        self.combine(old_g)
+        self.optimizer.step()
+        return {"loss": self.reported(loss, loss_p).item(),
+                "sharpness": (loss_p - loss).item()}
+
+    def combine(self, old_g):
+        """SAM: the optimizer takes g' as it is."""
+
+    def reported(self, loss, loss_p):
+        return loss_p
+
+
+class GSAM(SAM):
+    defaults = {"rho": 0.05, "alpha": 0.001}
+
+    def combine(self, old_g):
+        new_g = [p.grad for p in self.params]
+        inner = sum((g * gp).sum() for g, gp in zip(old_g, new_g))
+        old_norm = torch.norm(torch.stack([g.norm(p=2) for g in old_g]), p=2)
+        new_norm = torch.norm(torch.stack([g.norm(p=2) for g in new_g]), p=2)
+        cosine = inner / (new_norm * old_norm + 1e-12)
+        for p, g in zip(self.params, old_g):
+            vertical = g - cosine * old_norm * p.grad / (new_norm + 1e-12)
+            p.grad.add_(vertical, alpha=-self.hparams["alpha"])
+
+    def reported(self, loss, loss_p):
+        return loss
+
+
+class SAGM(GSAM):
+    def ascent(self, grad_norm):
+        scale = self.hparams["rho"] / (grad_norm + 1e-12) - self.hparams["alpha"]
+        return [p.grad * scale for p in self.params]
+
+    def combine(self, old_g):
+        for p, g in zip(self.params, old_g):
+            p.grad.add_(g / 2 - p.grad / 2)
+
+
+# --------------------------------------------------------------------------
 # Factory
 # --------------------------------------------------------------------------
 
@@ -662,13 +1001,30 @@ ALGORITHMS = {
     "gga-l": GGAL,
     "gga_l": GGAL,
     "gga": GGA,
+    "sam": SAM,
+    "gsam": GSAM,
+    "sagm": SAGM,
+    "andmask": ANDMask,
+    "sandmask": SANDMask,
+    "mmd": MMD,
+    "coral": CORAL,
+    "rsc": RSC,
+    "vrex": VREx,
+    "groupdro": GroupDRO,
+    "irm": IRM,
+    "mixup": Mixup,
+    "mldg": MLDG,
 }
 
 
 def make_algorithm(name: str, network: nn.Module, hparams: dict | None = None):
-    """Build an algorithm around ``network`` (trained in place)."""
+    """Build an algorithm around ``network`` (trained in place). ``name`` in any
+    spelling of kdg's registry names ("GGA-L", "gga_l", "ANDMask", "and-mask")."""
+    key = name.lower()
+    if key not in ALGORITHMS:
+        key = "".join(c for c in key if c.isalnum())
     try:
-        cls = ALGORITHMS[name.lower()]
+        cls = ALGORITHMS[key]
     except KeyError:
-        raise ValueError(f"unknown algorithm {name!r}; one of ERM, Fish, CorGrad, GGA, GGAL") from None
+        raise ValueError(f"unknown algorithm {name!r}; one of {', '.join(ALGORITHMS)}") from None
     return cls(network, hparams)

@@ -1,5 +1,6 @@
-"""`kdg bench`: the CI smoke test (`kdg bench --quick`: every algorithm on the
-three backends and the PyTorch reference) and the arithmetic of its report.
+"""`kdg bench`: the CI smoke test (`kdg bench --quick`: every registry
+algorithm on this session's backend, and the PyTorch reference in the torch
+session) and the arithmetic of its report.
 
 These tests check the output's structure and the numbers' sanity (present,
 positive, finite), never timings: they say nothing about speed.
@@ -16,32 +17,43 @@ import numpy as np
 import pytest
 
 from kdg.bench import measure, suite, tables
-from kdg.bench.tables import BEGIN, END, LABELS
+from kdg.bench.tables import BEGIN, END
 
 BACKEND = keras.backend.backend()
-NAMES = set(suite.ALGORITHMS) | {"gga_eval"}
 
 
 # -- the smoke test ------------------------------------------------------------------------
 
-@pytest.mark.skipif(BACKEND != "jax",
-                    reason="runs every backend itself: once per test run, in the jax session")
-def test_quick_bench_runs_every_algorithm_on_every_backend(tmp_path):
+def test_quick_bench_covers_every_registry_algorithm(tmp_path):
+    """`kdg bench --quick` on this session's backend (and, in the torch
+    session, the PyTorch reference) times every algorithm of the registry:
+    DomainBed's MLP, the cheapest model to compile."""
+    from kdg.algorithms import ALGORITHMS as REGISTRY
+
+    runners = [BACKEND] + (["reference"] if BACKEND == "torch" else [])
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    args = ["--quick", "--model", "mlp", "--json", str(tmp_path / "results.json"),
+            "--results", str(tmp_path / "RESULTS.md")]
+    for runner in runners:
+        args += ["--backend", runner]
     proc = subprocess.run(
-        [sys.executable, "-c", "from kdg.bench.cli import bench; bench()", "--quick",
-         "--json", str(tmp_path / "results.json"), "--results", str(tmp_path / "RESULTS.md")],
+        [sys.executable, "-c", "from kdg.bench.cli import bench; bench()", *args],
         env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads((tmp_path / "results.json").read_text())
 
-    assert tables.problems(results, runners=suite.DEFAULT_RUNNERS) == []
+    assert tables.problems(results, runners=runners) == []
     (entry,) = results["scenarios"]
-    assert set(entry["runs"]) == {"jax", "tensorflow", "torch", "reference"}
+    assert entry["config"]["algorithms"] == list(REGISTRY)
+    assert set(entry["runs"]) == set(runners)
+    names = set(REGISTRY) | {"gga_eval"}
     for runner, run in entry["runs"].items():
-        assert set(run["algorithms"]) == NAMES, runner
-        assert run["params"] == 371_850  # DomainBed's MNIST_CNN, 10 classes
+        assert set(run["algorithms"]) == names, runner
+        assert run["params"] == 65 * 256 + 2 * 257 * 256 + 257 * 3  # DomainBed's MLP, 3 classes
         for name, record in run["algorithms"].items():
+            if record.get("no_reference"):
+                assert runner == "reference", name
+                continue
             for key in ("median_s", "q1_s", "q3_s", "min_s", "max_s", "first_step_s"):
                 assert math.isfinite(record[key]) and record[key] > 0, (runner, name, key)
             assert record["min_s"] <= record["median_s"] <= record["max_s"]
@@ -53,11 +65,11 @@ def test_quick_bench_runs_every_algorithm_on_every_backend(tmp_path):
 
     text = (tmp_path / "RESULTS.md").read_text()
     assert text.count(BEGIN) == 1 and text.count(END) == 1
-    for heading in ("## CPU", "## GPU", "Time per step", "Ratio to ERM", "PyTorch reference",
-                    "Compile time", "Peak memory", "GGA inside its window", "Targets"):
+    for heading in ("## CPU", "## GPU", "Time per step", "Ratio to ERM", "Compile time",
+                    "Peak memory", "GGA inside its window"):
         assert heading in text
-    for label in LABELS.values():
-        assert label in text
+    for name, cls in REGISTRY.items():  # a row per algorithm, under its label
+        assert f"| {suite.label(name)} |" in text, name
     assert "| ERM |" in proc.stdout  # the tables are printed too
 
 
@@ -81,7 +93,7 @@ def _run(medians, device="cpu", **extra):
 
 
 def _results(model="mnist_cnn"):
-    config = suite.scenario(model, quick=True)
+    config = suite.scenario(model, quick=True, algorithms=["erm", "fish", "corgrad", "ggal", "gga"])
     kdg = {"erm": 0.100, "fish": 0.110, "corgrad": 0.130, "ggal": 0.105, "gga_eval": 0.080,
            "gga": 0.100 + 0.080 + 4 * 0.084}
     ref = {"erm": 0.100, "fish": 0.120, "corgrad": 0.500, "ggal": 0.300, "gga_eval": 0.150,
@@ -265,7 +277,7 @@ def test_scenarios():
     with pytest.raises(ValueError, match="models"):
         suite.scenario("vgg")
     with pytest.raises(ValueError, match="Unknown algorithm"):
-        suite.scenario(algorithms=["erm", "irm"])
+        suite.scenario(algorithms=["erm", "no_such_algorithm"])
     with pytest.raises(ValueError, match="2 domains"):
         suite.scenario(domains=1)
     with pytest.raises(ValueError, match="Unknown runner"):
@@ -324,3 +336,36 @@ def test_gga_search_is_one_loop_in_the_traced_step():
     assert structure["one_compiled_loop"], structure
     assert structure["loops"] >= 1 and structure["convolutions"] > 0
     assert model.algorithm.trials == 5  # restored after tracing with one trial
+
+
+def test_algorithms_come_from_the_registry_with_the_bench_settings():
+    from kdg.algorithms import ALGORITHMS as REGISTRY
+
+    config = suite.scenario("mnist_cnn", quick=True)
+    assert config["algorithms"] == list(REGISTRY)  # a new algorithm is benched by default
+    assert config["labels"]["gga"] == "GGA (in window)"  # suite.SETTINGS
+    assert config["labels"]["andmask"] == REGISTRY["andmask"].title  # the class's title
+    assert suite.timed(["erm", "gga"]) == ["erm", "gga_eval", "gga"]
+    window = suite.hparams("gga", config)
+    assert window["start_step"] == 0 and window["end_step"] >= 10 ** 6
+    assert window["trials"] == config["gga_trials"]
+    assert suite.hparams("corgrad", config, reference=True) == {"tie_tol": 0.0,
+                                                                "lr": config["lr"]}
+    assert suite.hparams("mixup", config) == {}
+    assert suite.scenario(algorithms=["GGA-L", "AND-mask"])["algorithms"] == ["ggal", "andmask"]
+
+
+def test_an_algorithm_without_a_reference_is_reported_as_such():
+    results = _results()
+    entry = results["scenarios"][0]
+    entry["config"]["algorithms"].append("newalg")
+    entry["config"]["labels"]["newalg"] = "NewAlg"
+    entry["runs"]["jax"]["algorithms"]["newalg"] = _record(0.12)
+    entry["runs"]["reference"]["algorithms"]["newalg"] = {"algorithm": "newalg",
+                                                         "no_reference": True}
+    assert tables.problems(results, runners=["jax", "reference"]) == []
+    text = tables.markdown(results)
+    assert "| NewAlg | 1.20x | no reference |" in text  # ratio to ERM, beside the reference's
+    assert "| NewAlg | no reference |" in text  # kdg / reference
+    del entry["runs"]["jax"]["algorithms"]["newalg"]
+    assert tables.problems(results) == ["mnist_cnn/jax: newalg missing"]  # kdg must time it
