@@ -76,6 +76,7 @@ def build_model(config, algorithm):
     model = kdg.models.build(
         config["model"], int(config["num_classes"]), (size, size, channels),
         pretrained=False, algorithm=algorithm, freeze_bn=True, seed=int(config["seed"]),
+        **suite.model_options(algorithm.name),
     )
     model.num_domains = int(config["domains"])
     jit = config.get("jit_compile", "auto")

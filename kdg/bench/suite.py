@@ -42,6 +42,11 @@ SETTINGS = {
                 "reference": {"tie_tol": 0.0}},  # the reference's literal loop
     "ggal": {"erm_target": 1.2},
     "gga": {"label": "GGA (in window)", "in_window": True, "unit": "gga_eval"},
+    # algorithms that train a network with their own layers: the model option
+    # that adds them (`kdg.models.build`), and the models that take it
+    "mixstyle": {"model_options": {"mixstyle_layers": (1, 2, 3)},
+                 "models": ("resnet18", "resnet50")},
+    "arm": {"model_options": {"arm_context": True}},
 }
 #: What the bench times beside the registry's algorithms: "gga_eval", one GGA
 #: evaluation alone (the D per-domain passes, the floor of Fish's and
@@ -62,9 +67,21 @@ def registry():
     return {name: cls.title or name for name, cls in REGISTRY.items()}
 
 
-def default_algorithms():
-    """What `kdg bench` times by default: every registry algorithm."""
-    return tuple(registry())
+def default_algorithms(model=None):
+    """What `kdg bench` times by default: every registry algorithm that can
+    train `model` (MixStyle needs a ResNet's stages)."""
+    return tuple(n for n in registry() if runs_on(n, model))
+
+
+def runs_on(name, model):
+    """Whether algorithm `name` can train the bench's `model` (None: any)."""
+    models = SETTINGS.get(name, {}).get("models")
+    return model is None or models is None or model in models
+
+
+def model_options(name):
+    """The `kdg.models.build` options algorithm `name` needs."""
+    return dict(SETTINGS.get(name, {}).get("model_options", {}))
 
 
 def selectable():
@@ -138,11 +155,16 @@ def scenario(model="mnist_cnn", *, image_size=None, domains=3, batch=32,
     from kdg.algorithm_names import normalize
 
     titles = registry()
-    algorithms = [n if n in EXTRAS else normalize(n) for n in algorithms or titles]
+    algorithms = [n if n in EXTRAS else normalize(n)
+                  for n in algorithms or default_algorithms(model)]
     unknown = [n for n in algorithms if n not in titles and n not in EXTRAS]
     if unknown:
         raise ValueError(f"Unknown algorithm(s) {', '.join(unknown)}; kdg bench times the "
                          f"registry's: {', '.join(list(titles) + list(EXTRAS))}.")
+    cannot = [n for n in algorithms if not runs_on(n, model)]
+    if cannot:
+        raise ValueError(f"{', '.join(cannot)} cannot train the bench's {model}; it needs "
+                         f"one of {', '.join(SETTINGS[cannot[0]]['models'])}.")
     labels = {n: label(n, titles) for n in timed(algorithms)}
     config = dict(MODELS[model], model=model, domains=int(domains), batch=int(batch),
                   algorithms=algorithms, labels=labels, repeats=int(repeats), warmup=int(warmup),
