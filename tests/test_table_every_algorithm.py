@@ -36,9 +36,15 @@ from kdg.algorithms import ALGORITHMS
 SETTINGS = {
     "gga": {"start_step": 0, "end_step": 2, "trials": 2, "rho": 0.01},
 }
-# Algorithms that cannot train this model, with the reason. Empty now: a new
-# algorithm in the registry is tested here, or named here.
-EXCEPTIONS: dict[str, str] = {}
+# model options an algorithm's network needs (ARM's context network on the input)
+MODEL = {"arm": {"arm_context": True}}
+# Algorithms that cannot train this model, with the reason: a new algorithm in
+# the registry is tested here, or named here.
+EXCEPTIONS: dict[str, str] = {
+    "mixstyle": "its layers go after a ResNet's stages (model.mixstyle_layers), and a ResNet "
+                "costs a minute a build here; tests/test_algo_more.py trains, saves and "
+                "loads a MixStyle network on every backend",
+}
 
 
 class Interrupted(KeyboardInterrupt):
@@ -69,7 +75,8 @@ def recipe_for(name: str, output_dir) -> dict:
         # validation splits: six evaluations a record
         "dataset": {"name": "RotatedDigits", "test_domains": [4, 5], "image_size": 8,
                     "holdout_fraction": 0.0},
-        "model": {"backbone": "small_cnn", "pretrained": False, "dropout": 0.0},
+        "model": {"backbone": "small_cnn", "pretrained": False, "dropout": 0.0,
+                  **MODEL.get(name, {})},
         "algorithm": {"name": name, **SETTINGS.get(name, {})},
         "training": {"steps": 2, "batch_size": 4, "lr": 1e-3, "eval_every": 1,
                      "eval_batch_size": 1024, "seed": 1},
@@ -84,7 +91,7 @@ def lines(path):
 
 def test_every_algorithm_is_tested_or_named_as_an_exception():
     assert set(EXCEPTIONS) <= set(ALGORITHMS)
-    assert set(SETTINGS) <= set(ALGORITHMS)
+    assert set(SETTINGS) <= set(ALGORITHMS) and set(MODEL) <= set(ALGORITHMS)
 
 
 @pytest.mark.slow  # two model builds and compiles per algorithm: about 10-30 s each on JAX
