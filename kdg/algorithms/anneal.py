@@ -10,7 +10,7 @@ moments, iteration 0; the learning rate is kept.
 
 from keras import ops
 
-from kdg.algorithms.base import Algorithm, flatten_domains
+from kdg.algorithms.base import Algorithm, flag, flatten_domains, integer, number
 from kdg.algorithms.fish import Fish
 
 
@@ -20,10 +20,28 @@ def split_domains(t, num):
 
 
 class AnnealedPenalty(Algorithm):
-    """Base of IRM and VREx: subclasses set `penalty_weight`, `anneal_steps`
-    and define `objective(ctx, losses, logits, y) -> (penalty, logs)` where
-    `losses` are the D per-domain losses of one forward pass on the
-    concatenated batch and `logits` its (D, B, K) predictions."""
+    """Base of IRM and VREx: their hyperparameters, search space and the
+    annealing; subclasses give `penalty_weight` its default in their
+    signature and define `objective(ctx, losses, logits, y) -> (penalty,
+    logs)` where `losses` are the D per-domain losses of one forward pass on
+    the concatenated batch and `logits` its (D, B, K) predictions."""
+
+    hparams = {
+        "penalty_weight": number(0),
+        "anneal_steps": integer(0),
+        "rescale_loss": flag(),
+    }
+    # DomainBed's: lambda 10^U(-1, 5), annealing steps int(10^U(0, 4))
+    search_space = {
+        "penalty_weight": {"log_uniform": [-1, 5]},
+        "anneal_steps": {"log_uniform": [0, 4], "int": True},
+    }
+
+    def __init__(self, penalty_weight, anneal_steps=500, rescale_loss=False):
+        self.check_hparams(locals())
+        self.penalty_weight = float(penalty_weight)
+        self.anneal_steps = int(anneal_steps)
+        self.rescale_loss = bool(rescale_loss)
 
     def build(self, model):
         self._fresh = Fish._fresh_state(model.optimizer, model)

@@ -30,7 +30,6 @@ import keras
 from keras import ops
 
 from kdg.algorithms.anneal import AnnealedPenalty
-from kdg.algorithms.base import flag, integer, number
 
 
 def dummy_scale_grad(logits, y):
@@ -43,21 +42,8 @@ def dummy_scale_grad(logits, y):
 class IRM(AnnealedPenalty):
     name = "irm"
     title = "IRM"
-    hparams = {
-        "penalty_weight": number(0),
-        "anneal_steps": integer(0),
-        "rescale_loss": flag(),
-    }
-    search_space = {
-        "penalty_weight": {"log_uniform": [-1, 5]},
-        "anneal_steps": {"log_uniform": [0, 4], "int": True},
-    }
-
     def __init__(self, penalty_weight=1e2, anneal_steps=500, rescale_loss=False):
-        self.check_hparams(locals())
-        self.penalty_weight = float(penalty_weight)
-        self.anneal_steps = int(anneal_steps)
-        self.rescale_loss = bool(rescale_loss)
+        super().__init__(penalty_weight, anneal_steps, rescale_loss)
 
     def build(self, model):
         loss = model.loss

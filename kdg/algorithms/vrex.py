@@ -16,28 +16,14 @@ code does (DomainBed does not). Logs `nll` (mean_d L_d) and `penalty`.
 """
 
 from kdg.algorithms.anneal import AnnealedPenalty
-from kdg.algorithms.base import flag, integer, number
 from keras import ops
 
 
 class VREx(AnnealedPenalty):
     name = "vrex"
     title = "VREx"
-    hparams = {
-        "penalty_weight": number(0),
-        "anneal_steps": integer(0),
-        "rescale_loss": flag(),
-    }
-    search_space = {
-        "penalty_weight": {"log_uniform": [-1, 5]},
-        "anneal_steps": {"log_uniform": [0, 4], "int": True},
-    }
-
     def __init__(self, penalty_weight=1e1, anneal_steps=500, rescale_loss=False):
-        self.check_hparams(locals())
-        self.penalty_weight = float(penalty_weight)
-        self.anneal_steps = int(anneal_steps)
-        self.rescale_loss = bool(rescale_loss)
+        super().__init__(penalty_weight, anneal_steps, rescale_loss)
 
     def objective(self, ctx, losses, logits, y):
         return ops.mean(ops.square(losses - ops.mean(losses))), {}
