@@ -83,7 +83,7 @@ def test_a_jax_job_on_several_devices_passes_the_dry_run_whatever_the_sweep_runs
     in the sweep's own (which may run another backend, or fewer devices)."""
     base = {"dataset": {"name": "ColoredDigits", "test_domains": [0]},
             "model": {"backbone": "small_cnn", "pretrained": False},
-            "training": {"steps": 2, "devices": 64}}
+            "training": {"steps": 2, "devices": 64, "batch_size": 64}}
     path = write_sweep(tmp_path, base=base, n_hparams=1, n_trials=1, backend="jax",
                        test_domains=[0])
     dry = run_sweep_cli(path, "--dry-run")
