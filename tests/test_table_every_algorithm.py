@@ -21,6 +21,7 @@ carry, which this test checks for each.
 from __future__ import annotations
 
 import json
+import os
 
 import keras
 import numpy as np
@@ -94,8 +95,25 @@ def test_every_algorithm_is_tested_or_named_as_an_exception():
     assert set(SETTINGS) <= set(ALGORITHMS) and set(MODEL) <= set(ALGORITHMS)
 
 
-@pytest.mark.slow  # two model builds and compiles per algorithm: about 10-30 s each on JAX
-@pytest.mark.parametrize("name", sorted(set(ALGORITHMS) - set(EXCEPTIONS)))
+# The compiled backends build and compile the model twice per algorithm (the
+# run, then the resume: 5-30 s each), more than CI's time allows for all of
+# them. There the algorithms whose own state must survive the checkpoint and
+# JAX's stateless step are run (and GGA, ERM as the plain case); every
+# algorithm's step is checked on every backend by its reference tests, and
+# PyTorch (eager, no compile) runs them all here. All of them passed on all
+# three backends when they were added (2026-12-06).
+OWN_STATE = ("erm", "fish", "gga", "groupdro", "irm", "vrex", "mldg", "mtl", "sagnet", "arm")
+
+
+def cases():
+    names = sorted(set(ALGORITHMS) - set(EXCEPTIONS))
+    if keras.backend.backend() == "torch" or os.environ.get("KDG_EVERY_ALGORITHM"):
+        return names
+    return [n for n in names if n in OWN_STATE]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", cases())
 def test_trains_resumes_and_round_trips(name, dataset, tmp_path):
     out = tmp_path / name
     recipe = recipes.resolve(recipe_for(name, out), keras.backend.backend())
