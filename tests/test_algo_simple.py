@@ -12,7 +12,7 @@ from conftest import softmax_regression, train_steps, weights
 import kdg
 import reference as ref
 from kdg import rng as kdg_rng
-from kdg.algorithms import GGA, IRM, MLDG, GroupDRO, Mixup, VREx
+from kdg.algorithms import GGA, IRM, MLDG, MTL, GroupDRO, Mixup, VREx
 from kdg.algorithms.base import HparamError
 from kdg.algorithms.irm import dummy_scale_grad
 
@@ -321,3 +321,16 @@ def test_a_bad_hyperparameter_is_refused_by_name(cls, field, value):
     with pytest.raises(HparamError, match=f"{cls.__name__} {field} must be") as error:
         cls(**{field: value})
     assert error.value.hparam == field
+
+
+@pytest.mark.parametrize("algorithm", [GroupDRO, MTL])
+def test_per_domain_state_is_sized_by_the_models_domains_or_a_matching_argument(algorithm, params):
+    model = softmax_regression(algorithm(), params)
+    with pytest.raises(ValueError, match="number of training domains is not known"):
+        model._dg_build_algorithm()
+    model = softmax_regression(algorithm(num_domains=2), params, num_domains=3)
+    with pytest.raises(ValueError, match=r"num_domains=2\) does not match the model's num_domains=3"):
+        model._dg_build_algorithm()
+    model = softmax_regression(algorithm(), params, num_domains=3)
+    model._dg_build_algorithm()
+    assert model.algorithm.num_domains == 3

@@ -127,6 +127,21 @@ def other(text, check=None):
     return Hparam("other", text=text, check=check)
 
 
+def domain_count(model, given, who):
+    """The number of training domains an algorithm sizes its state by
+    (GroupDRO's weights, MTL's embeddings): its own argument `given` or the
+    model's `num_domains`; one must be known, and both, when given, agree."""
+    num = given if given is not None else model.num_domains
+    if num is None:
+        raise ValueError(f"{who} keeps state per training domain, and the number of training "
+                         f"domains is not known: set the model's num_domains (or "
+                         f"{who}(num_domains=D)).")
+    if model.num_domains is not None and int(num) != int(model.num_domains):
+        raise ValueError(f"{who}(num_domains={num}) does not match the model's "
+                         f"num_domains={model.num_domains}; leave it out to use the model's.")
+    return int(num)
+
+
 class Algorithm:
     """Base class. Subclasses set `name`, `title` and `hparams` (and
     `search_space`), define `step` and `get_config`, and call

@@ -20,7 +20,7 @@ saved model loads with its q. Logs `groupdro_q_max`, the largest weight.
 import keras
 from keras import ops
 
-from kdg.algorithms.base import Algorithm, integer, number
+from kdg.algorithms.base import Algorithm, domain_count, integer, number
 
 
 class GroupDRO(Algorithm):
@@ -39,13 +39,7 @@ class GroupDRO(Algorithm):
         self.q = None
 
     def build(self, model):
-        num = self.num_domains or model.num_domains
-        if num is None:
-            raise ValueError(
-                "GroupDRO: the number of training domains is not known before the "
-                "first training batch; set the model's num_domains (or GroupDRO(num_domains=D))."
-            )
-        self.num_domains = int(num)
+        self.num_domains = domain_count(model, self.num_domains, "GroupDRO")
         self.q = keras.Variable(
             ops.ones((self.num_domains,)), trainable=False, name="groupdro_q"
         )

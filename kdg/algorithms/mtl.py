@@ -43,7 +43,7 @@ from keras import ops
 
 from kdg import rng as kdg_rng
 from kdg.algorithms import own
-from kdg.algorithms.base import Algorithm, domain, flatten_domains, integer, number
+from kdg.algorithms.base import Algorithm, domain, domain_count, flatten_domains, integer, number
 
 
 def check_linear_classifier(model, who):
@@ -87,12 +87,7 @@ class MTL(Algorithm):
         self.w2 = None
 
     def build(self, model):
-        num = self.num_domains or model.num_domains
-        if num is None:
-            raise ValueError(
-                "MTL keeps one embedding per training domain; set the model's "
-                "num_domains (or MTL(num_domains=D)).")
-        self.num_domains = int(num)
+        self.num_domains = domain_count(model, self.num_domains, "MTL")
         dense = check_linear_classifier(model, "MTL")
         dim = own.feature_dim(model)
         classes = int(dense.kernel.shape[-1])
