@@ -17,6 +17,7 @@ from kdg.algorithms.fish import Fish
 from kdg.algorithms.gga import GGA
 from kdg.algorithms.ggal import GGAL
 from kdg.algorithms.groupdro import GroupDRO
+from kdg.algorithms.iga import IGA
 from kdg.algorithms.gsam import GSAM
 from kdg.algorithms.irm import IRM
 from kdg.algorithms.mixup import Mixup
@@ -56,6 +57,7 @@ ALGORITHMS = {cls.name: cls for cls in (
     MTL,
     SagNet,
     ARM,
+    IGA,
 )}
 
 
@@ -105,6 +107,7 @@ __all__ = [
     "GGAL",
     "GSAM",
     "GroupDRO",
+    "IGA",
     "IRM",
     "MLDG",
     "MMD",
