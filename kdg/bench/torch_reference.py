@@ -2,7 +2,7 @@
 and, as benchmark runners for `kdg bench`, of the baselines of GGA's
 combination table written as DomainBed's ``algorithms.py`` writes them (SAM,
 GSAM and SAGM as the GGA repository does): SAM, GSAM, SAGM, ANDMask,
-SANDMask, MMD, CORAL, RSC, VREx, GroupDRO, IRM, Mixup, MLDG. ``ALGORITHMS``
+SANDMask, MMD, CORAL, RSC, VREx, GroupDRO, IRM, Mixup, MLDG, IGA. ``ALGORITHMS``
 is keyed by kdg's registry names.
 
 This file is the "reference way" that kdg's benchmark measures itself against,
@@ -108,6 +108,7 @@ __all__ = [
     "IRM",
     "Mixup",
     "MLDG",
+    "IGA",
 ]
 
 
@@ -804,6 +805,33 @@ class VREx(_Penalized):
         return mean, ((losses - mean) ** 2).mean()
 
 
+class IGA(Algorithm):
+    """DomainBed's IGA: per-domain gradients with create_graph, the mean
+    gradient by its own backward pass, the variance penalty's gradient by a
+    second backward through the per-domain gradients."""
+
+    defaults = {"penalty_weight": 1000.0}  # DomainBed's "penalty"
+
+    def _update(self, x, y):
+        total_loss = 0
+        grads = []
+        for xi, yi in zip(x, y):
+            env_loss = F.cross_entropy(self.network(xi), yi)
+            total_loss += env_loss
+            grads.append(torch.autograd.grad(env_loss, self.params, create_graph=True))
+        mean_loss = total_loss / len(x)
+        mean_grad = torch.autograd.grad(mean_loss, self.params, retain_graph=True)
+        penalty_value = 0
+        for grad in grads:
+            for g, mean_g in zip(grad, mean_grad):
+                penalty_value += (g - mean_g).pow(2).sum()
+        objective = mean_loss + self.hparams["penalty_weight"] * penalty_value
+        self.optimizer.zero_grad()
+        objective.backward()
+        self.optimizer.step()
+        return {"loss": mean_loss.item(), "penalty": penalty_value.item()}
+
+
 class Mixup(_OneLoss):
     defaults = {"alpha": 0.2}
 
@@ -1014,6 +1042,7 @@ ALGORITHMS = {
     "irm": IRM,
     "mixup": Mixup,
     "mldg": MLDG,
+    "iga": IGA,
 }
 
 
