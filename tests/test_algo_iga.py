@@ -124,3 +124,17 @@ def test_iga_hyperparameters():
     assert kdg.algorithms.deserialize(kdg.algorithms.serialize(IGA(5.0))) == IGA(5.0)
     with pytest.raises(HparamError, match="IGA penalty_weight must be a number >= 0"):
         IGA(penalty_weight=-1.0)
+
+
+def test_docs_give_the_signature_with_its_defaults():
+    import ast
+    import inspect
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "ALGORITHMS.md").read_text()
+    heading = re.search(r"^## IGA: `(IGA\(.*\))`$", text, re.M)
+    assert heading
+    call = ast.parse(heading.group(1), mode="eval").body
+    documented = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    assert documented == {p.name: p.default for p in inspect.signature(IGA).parameters.values()}
