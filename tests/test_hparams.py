@@ -106,6 +106,7 @@ REFUSED = [
     ({"name": "mtl", "num_domains": 2.5}, "num_domains", "an integer >= 1 or None", True),
     ({"name": "sagnet", "sag_w_adv": -0.1}, "sag_w_adv", "a number >= 0", False),
     ({"name": "arm", "train_context": "yes"}, "train_context", "true or false", True),
+    ({"name": "iga", "penalty_weight": -1e3}, "penalty_weight", "a number >= 0", False),
 ]
 
 
