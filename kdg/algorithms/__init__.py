@@ -24,11 +24,13 @@ from kdg.algorithms.mldg import MLDG
 from kdg.algorithms.mixstyle import MixStyle
 from kdg.algorithms.mmd import MMD
 from kdg.algorithms.mtl import MTL
+from kdg.algorithms.pcgrad import PCGrad
 from kdg.algorithms.rsc import RSC
 from kdg.algorithms.sagm import SAGM
 from kdg.algorithms.sagnet import SagNet
 from kdg.algorithms.sam import SAM
 from kdg.algorithms.sandmask import SANDMask
+from kdg.algorithms.sd import SD
 from kdg.algorithms.vrex import VREx
 
 #: The registry: each algorithm's class under its `name`, where its title,
@@ -56,6 +58,8 @@ ALGORITHMS = {cls.name: cls for cls in (
     MTL,
     SagNet,
     ARM,
+    PCGrad,
+    SD,
 )}
 
 
@@ -111,11 +115,13 @@ __all__ = [
     "MTL",
     "MixStyle",
     "Mixup",
+    "PCGrad",
     "RSC",
     "SAGM",
     "SagNet",
     "SAM",
     "SANDMask",
+    "SD",
     "VREx",
     "StepContext",
     "VREx",
