@@ -5,6 +5,11 @@ closed-form gradients, with kdg's counter-based random orders reproduced
 to CorGrad, GGA wrapping each, their hyperparameters, and `kdg report`'s
 published PCGrad row."""
 
+import ast
+import inspect
+import re
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -198,6 +203,12 @@ def test_hparams_configs_and_search_spaces():
         assert type(algorithm).from_config(algorithm.get_config()) == algorithm
     assert kdg.algorithms.get("PC-Grad") == PCGrad() and kdg.algorithms.get("sd") == SD()
     assert PCGrad.search_space == {} and SD.search_space == {"sd_reg": {"log_uniform": [-5, -1]}}
+    docs = (Path(__file__).parents[1] / "docs" / "ALGORITHMS.md").read_text()
+    for cls in (PCGrad, SD):  # each documented with its signature and defaults
+        heading = re.search(rf"^## {cls.title}: `({cls.__name__}\(.*\))`$", docs, re.M)
+        call = ast.parse(heading.group(1), mode="eval").body
+        assert {k.arg: ast.literal_eval(k.value) for k in call.keywords} == {
+            p.name: p.default for p in inspect.signature(cls).parameters.values()}
 
 
 def test_report_compares_pcgrad_runs_with_the_published_resnet18_row(tmp_path):
