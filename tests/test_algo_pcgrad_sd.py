@@ -61,14 +61,15 @@ def orders_of_step(step, num):
     return [np.argsort(uniform(num, fold_in(key_of_step(step), i), 0)) for i in range(num)]
 
 
-@pytest.mark.parametrize("reduction", ["sum", "mean"])
-def test_pcgrad_one_step_matches_numpy(params, reduction):
-    x, y = make_data(seed=4)  # 3 domains, two pairs of them conflict
-    model = softmax_regression(PCGrad(reduction=reduction), params, seed=SEED)
+def test_pcgrad_mean_one_step_matches_numpy(params):
+    """reduction="mean", three domains (two pairs conflict): one SGD step and
+    the logged diagnostics against the rule."""
+    x, y = make_data(seed=4)
+    model = softmax_regression(PCGrad(reduction="mean"), params, seed=SEED)
     logs = train_steps(model, x, y, 1)
     results = ref.domain_grads(params, x, y)
     per_domain = [g for _, g in results]
-    update, made = pcgrad_update(per_domain, orders_of_step(0, 3), reduction)
+    update, made = pcgrad_update(per_domain, orders_of_step(0, 3), "mean")
     assert made > 0
     for got, want in zip(weights(model), ref.sgd(params, update, 0.1)):
         np.testing.assert_allclose(got, want, **TOL)
@@ -79,46 +80,43 @@ def test_pcgrad_one_step_matches_numpy(params, reduction):
     np.testing.assert_allclose(logs["loss"], np.mean([loss for loss, _ in results]), rtol=1e-5)
 
 
-def test_pcgrad_three_steps_follow_the_random_orders_with_four_domains():
-    """With four domains the order matters: three steps (Adam) against the
-    NumPy rule with kdg's draws, and the ascending order ends elsewhere."""
+def test_pcgrad_follows_the_random_orders_and_is_corgrad_at_model_granularity():
+    """Four domains, where the order matters, Adam: the first step and the
+    weights after three against the rule with kdg's draws (the ascending
+    order ends elsewhere). And, as docs/ALGORITHMS.md says, PCGrad() takes
+    the steps of CorGrad(granularity="model", projection="pcgrad",
+    smoothing=False) from the same seed."""
     x, y = make_data(num_domains=4, seed=0)
     params = init_params()
-    model = softmax_regression(PCGrad(), params, keras.optimizers.Adam(0.05), seed=SEED)
-    train_steps(model, x, y, 3)
+    models = {name: softmax_regression(algorithm, params, keras.optimizers.Adam(0.05), seed=SEED)
+              for name, algorithm in (("pcgrad", PCGrad()), ("corgrad", CorGrad(
+                  granularity="model", projection="pcgrad", smoothing=False)))}
     adam, plain_adam = ref.Adam(0.05), ref.Adam(0.05)
     current = plain = params
-    total_made = 0
+    logs, made = {}, []
     for step in range(3):
-        update, made = pcgrad_update([g for _, g in ref.domain_grads(current, x, y)],
-                                     orders_of_step(step, 4))
-        current, total_made = adam.step(current, update), total_made + made
+        for name, model in models.items():
+            logs[name] = train_steps(model, x, y, 1)
+        update, count = pcgrad_update([g for _, g in ref.domain_grads(current, x, y)],
+                                      orders_of_step(step, 4))
+        current = adam.step(current, update)
+        made.append(count)
+        if step == 0:  # one step from the fixed weights
+            for got, want in zip(weights(models["pcgrad"]), current):
+                np.testing.assert_allclose(got, want, **TOL)
         plain_update, _ = pcgrad_update([g for _, g in ref.domain_grads(plain, x, y)],
                                         [range(4)] * 4)
         plain = plain_adam.step(plain, plain_update)
-    assert total_made > 0
-    for got, want in zip(weights(model), current):
+    assert min(made) > 0
+    np.testing.assert_allclose(logs["pcgrad"]["modification_frequency"], made[-1] / 12, rtol=1e-6)
+    for got, want in zip(weights(models["pcgrad"]), current):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     assert max(np.abs(a - b).max() for a, b in zip(plain, current)) > 1e-3
-
-
-def test_pcgrad_is_corgrad_at_model_granularity_with_random_order_and_no_smoothing():
-    """docs/ALGORITHMS.md: PCGrad() takes the steps of CorGrad(granularity=
-    "model", projection="pcgrad", smoothing=False), from the same seed."""
-    x, y = make_data(num_domains=4, seed=0)
-    params = init_params()
-
-    def run(algorithm):
-        model = softmax_regression(algorithm, params, keras.optimizers.Adam(0.05), seed=SEED)
-        return model, train_steps(model, x, y, 3)
-
-    pcgrad, pc_logs = run(PCGrad())
-    corgrad, cor_logs = run(CorGrad(granularity="model", projection="pcgrad", smoothing=False))
-    for a, b in zip(weights(pcgrad), weights(corgrad)):
+    for a, b in zip(weights(models["pcgrad"]), weights(models["corgrad"])):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     for key in ("loss", "grad_cos_min", "modification_frequency", "modification_ratio"):
-        np.testing.assert_allclose(pc_logs[key], cor_logs[key], rtol=1e-6, err_msg=key)
-    assert pc_logs["modification_frequency"] > 0
+        np.testing.assert_allclose(logs["pcgrad"][key], logs["corgrad"][key], rtol=1e-6,
+                                   err_msg=key)
 
 
 # -- SD ------------------------------------------------------------------------------
@@ -138,7 +136,7 @@ def sd_step(params, x, y, sd_reg, lr):
     objective, nll, penalty, leaves = sd_objective(params, x, y, sd_reg)
     grads = torch.autograd.grad(objective, leaves)
     new = [p - lr * g.numpy() for p, g in zip(params, grads)]
-    return new, (float(objective), float(nll), float(penalty))
+    return new, tuple(float(t.detach()) for t in (objective, nll, penalty))
 
 
 def test_sd_one_step_and_three_steps_match_pytorch(data, params):
@@ -171,7 +169,7 @@ def test_gga_wrapping_each(data, params, make):
     search (a model with lr 0 shows where it ends), then the base's step
     from there."""
     x, y = data
-    window = dict(start_step=1, end_step=1, trials=30, rho=0.05, perturb="all")
+    window = dict(start_step=1, end_step=1, trials=8, rho=0.05, perturb="all")
     plain = softmax_regression(make(), params, seed=SEED)
     gga = softmax_regression(GGA(base=make(), **window), params, seed=SEED)
     train_steps(plain, x, y, 1)
@@ -224,3 +222,25 @@ def test_report_compares_pcgrad_runs_with_the_published_resnet18_row(tmp_path):
                   hparams={"backbone": "resnet18"})
     comparison = report(tmp_path, fmt="markdown").split("### kdg vs published")[1]
     assert "| pcgrad | PACS | 75.0 ± 0.0 | 81.3 | -6.3 |" in comparison.splitlines()
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch",
+                    reason="plain PyTorch: runs once, in the torch session")
+def test_bench_reference_pcgrad_hands_the_optimizer_the_projected_sum(params):
+    """kdg bench's PyTorch PCGrad (kdg.bench.torch_reference) against the
+    rule: its orders are torch.randperm draws of its generator (seed 0),
+    one per domain."""
+    from kdg.bench import torch_reference as bench
+
+    x, y = make_data(seed=4)
+    net = bench.mlp(5, 4, hidden=())
+    bench.set_weights_from_numpy(net, [params[0].T, params[1]])
+    stats = bench.make_algorithm("PCGrad", net, {"lr": 1e-3}).update(x, y)
+    generator = torch.Generator()
+    generator.manual_seed(0)
+    orders = [torch.randperm(3, generator=generator).tolist() for _ in range(3)]
+    update, made = pcgrad_update([g for _, g in ref.domain_grads(params, x, y)], orders)
+    assert made > 0 and stats["modification_frequency"] == made / 6
+    weight, bias = net.parameters()
+    np.testing.assert_allclose(weight.grad.numpy(), update[0].T, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(bias.grad.numpy(), update[1], rtol=1e-4, atol=1e-6)
