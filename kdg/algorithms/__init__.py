@@ -25,11 +25,13 @@ from kdg.algorithms.mldg import MLDG
 from kdg.algorithms.mixstyle import MixStyle
 from kdg.algorithms.mmd import MMD
 from kdg.algorithms.mtl import MTL
+from kdg.algorithms.pcgrad import PCGrad
 from kdg.algorithms.rsc import RSC
 from kdg.algorithms.sagm import SAGM
 from kdg.algorithms.sagnet import SagNet
 from kdg.algorithms.sam import SAM
 from kdg.algorithms.sandmask import SANDMask
+from kdg.algorithms.sd import SD
 from kdg.algorithms.vrex import VREx
 
 #: The registry: each algorithm's class under its `name`, where its title,
@@ -58,6 +60,8 @@ ALGORITHMS = {cls.name: cls for cls in (
     SagNet,
     ARM,
     IGA,
+    PCGrad,
+    SD,
 )}
 
 
@@ -114,11 +118,13 @@ __all__ = [
     "MTL",
     "MixStyle",
     "Mixup",
+    "PCGrad",
     "RSC",
     "SAGM",
     "SagNet",
     "SAM",
     "SANDMask",
+    "SD",
     "VREx",
     "StepContext",
     "VREx",

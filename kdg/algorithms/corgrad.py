@@ -365,13 +365,7 @@ class CorGrad(Algorithm):
             start = end
 
     def step(self, ctx, x, y):
-        losses, stacked, y_pred, state = ctx.domain_grads(x, y)
-        ctx.set_state(state)
-        update, logs, gram = self.surgery(stacked, ctx.trainable_variables, key=ctx.key, step=ctx.step_count)
-        cos_min, cos_mean = gram_cosine_stats(gram)
-        ctx.apply(update)
-        logs.update(loss=ops.mean(losses), grad_cos_min=cos_min, grad_cos_mean=cos_mean)
-        return logs, y_pred
+        return surgery_step(self, ctx, x, y)
 
     def get_config(self):
         return {
@@ -385,6 +379,23 @@ class CorGrad(Algorithm):
             "total_steps": self.total_steps,
             "tie_tolerance": self.tie_tolerance,
         }
+
+
+def surgery_step(corgrad, ctx, x, y, scale=None):
+    """One step of gradient surgery, CorGrad's and PCGrad's: the per-domain
+    gradients, `corgrad.surgery`'s corrected update (times `scale`, when
+    given), one optimizer step. Logs the surgery's diagnostics, the mean
+    domain loss and the cosines between the domains' whole gradients."""
+    losses, stacked, y_pred, state = ctx.domain_grads(x, y)
+    ctx.set_state(state)
+    update, logs, gram = corgrad.surgery(stacked, ctx.trainable_variables, key=ctx.key,
+                                         step=ctx.step_count)
+    if scale is not None:
+        update = [scale * u for u in update]
+    cos_min, cos_mean = gram_cosine_stats(gram)
+    ctx.apply(update)
+    logs.update(loss=ops.mean(losses), grad_cos_min=cos_min, grad_cos_mean=cos_mean)
+    return logs, y_pred
 
 
 def _sum(terms):

@@ -1,8 +1,7 @@
 """Plain PyTorch reference implementations of ERM, Fish, CorGrad, GGA and GGA-L,
-and, as benchmark runners for `kdg bench`, of the baselines of GGA's
-combination table written as DomainBed's ``algorithms.py`` writes them (SAM,
-GSAM and SAGM as the GGA repository does): SAM, GSAM, SAGM, ANDMask,
-SANDMask, MMD, CORAL, RSC, VREx, GroupDRO, IRM, Mixup, MLDG, IGA. ``ALGORITHMS``
+and, as benchmark runners for `kdg bench`, of the other algorithms of kdg's
+registry written as DomainBed's ``algorithms.py`` writes them (SAM, GSAM and
+SAGM as the GGA repository does, PCGrad as its authors' code). ``ALGORITHMS``
 is keyed by kdg's registry names.
 
 This file is the "reference way" that kdg's benchmark measures itself against,
@@ -33,7 +32,8 @@ Names accepted by ``make_algorithm``: the keys of ``ALGORITHMS`` in any
 spelling of kdg's registry names ("GGA-L", "GGA_L", "AND-mask"). Hyper-parameters and their defaults are in
 ``COMMON_DEFAULTS`` and each class's ``defaults``; unknown keys raise.
 
-Random numbers: GGA-L's xi, GGA's U(-rho, rho) and Fish's shuffled order come
+Random numbers: GGA-L's xi, GGA's U(-rho, rho), Fish's shuffled order and
+PCGrad's orders (``torch.randperm``, one per domain) come
 from a ``torch.Generator`` on the parameters' device seeded with
 ``hparams["seed"]``, drawn parameter by parameter in ``parameters()`` order with
 the parameter's shape and dtype (so a test can reproduce them).
@@ -539,6 +539,47 @@ class CorGrad(Algorithm):
         return {"loss": sum(losses) / len(losses), **stats}
 
 
+class PCGrad(Algorithm):
+    """PCGrad as the authors' and the popular PyTorch port's code write it:
+    one backward pass per domain, the whole model's gradients flattened, a
+    Python loop over the domains in a random order (``torch.randperm``) per
+    domain, projecting off each conflicting ORIGINAL gradient; the update is
+    the sum (``reduction="mean"``: the mean) of the projected gradients."""
+
+    defaults = {"reduction": "sum"}
+
+    def _update(self, x, y):
+        grads, losses = per_domain_grads(self.network, self.params, x, y)
+        flat_grads = [flat(g) for g in grads]
+        projected, made = [], 0
+        for i, g_i in enumerate(flat_grads):
+            g_i = g_i.clone()
+            order = torch.randperm(len(flat_grads), generator=self.generator,
+                                   device=self.device).tolist()
+            for j in order:
+                if j == i:
+                    continue
+                g_j = flat_grads[j]
+                dot = torch.dot(g_i, g_j)
+                if dot.item() < 0:
+                    g_i -= dot * g_j / (g_j.norm() ** 2)
+                    made += 1
+            projected.append(g_i)
+        merged = torch.stack(projected).sum(dim=0)
+        if self.hparams["reduction"] == "mean":
+            merged /= len(projected)
+        self.optimizer.zero_grad()
+        start = 0
+        for p in self.params:
+            p.grad = merged[start:start + p.numel()].view_as(p).clone()
+            start += p.numel()
+        self.optimizer.step()
+        cosines = pairwise_cosines(flat_grads)
+        pairs = len(flat_grads) * (len(flat_grads) - 1)
+        return {"loss": sum(losses) / len(losses), "modification_frequency": made / pairs,
+                "grad_cos_min": min(cosines), "grad_cos_mean": sum(cosines) / len(cosines)}
+
+
 # --------------------------------------------------------------------------
 # GGA-L
 # --------------------------------------------------------------------------
@@ -830,6 +871,18 @@ class IGA(Algorithm):
         objective.backward()
         self.optimizer.step()
         return {"loss": mean_loss.item(), "penalty": penalty_value.item()}
+class SD(_OneLoss):
+    """DomainBed's SD: CE on the concatenated batch + sd_reg * mean(logits^2)."""
+
+    defaults = {"sd_reg": 0.1}
+
+    def objective(self, x, y):
+        all_x, all_y = _cat(x, y)
+        all_p = self.network(all_x)
+        loss = F.cross_entropy(all_p, all_y)
+        penalty = (all_p ** 2).mean()
+        return loss + self.hparams["sd_reg"] * penalty, {"nll": loss.item(),
+                                                         "penalty": penalty.item()}
 
 
 class Mixup(_OneLoss):
@@ -1043,6 +1096,8 @@ ALGORITHMS = {
     "mixup": Mixup,
     "mldg": MLDG,
     "iga": IGA,
+    "pcgrad": PCGrad,
+    "sd": SD,
 }
 
 
