@@ -281,11 +281,15 @@ def test_bench_builds_mixstyle_after_resnet_stages_1_2_3_and_arm_with_the_contex
     net = reference.build_network(config, ref, suite.model_options("mixstyle"))
     (layer,) = {m for m in net.modules() if isinstance(m, ref.MixStyleLayer)}
     assert (layer.p, layer.alpha) == (0.5, 0.1)  # the authors' p0d5_a0d1
-    seen = []
-    layer.register_forward_hook(lambda m, args, out: seen.append(tuple(out.shape[1:])))
+    mixed, blocks = [], {}
+    layer.register_forward_hook(lambda m, args, out: mixed.append(args[0]))
+    for i, block in enumerate(net.featurizer.layers):
+        block.register_forward_hook(lambda m, args, out, i=i: blocks.update({i: out}))
     net.train()
     net(torch.zeros(2, 3, 32, 32))
-    assert seen == [(64, 8, 8), (128, 4, 4), (256, 2, 2)]  # after layer1, layer2, layer3
+    # after layer1, layer2, layer3: the last of ResNet-18's blocks (2, 2, 2, 2) of each
+    assert [next(i for i, out in blocks.items() if out is x) for x in mixed] == [1, 3, 5]
+    assert [tuple(x.shape[1:]) for x in mixed] == [(64, 8, 8), (128, 4, 4), (256, 2, 2)]
     assert not any(isinstance(m, ref.MixStyleLayer)
                    for m in reference.build_network(config, ref).modules())
     for model in ("mnist_cnn", "mlp"):  # (a ResNet's first convolution likewise)
