@@ -4,6 +4,8 @@ combination table written as DomainBed's ``algorithms.py`` writes them (SAM,
 GSAM and SAGM as the GGA repository does): SAM, GSAM, SAGM, ANDMask,
 SANDMask, MMD, CORAL, RSC, VREx, GroupDRO, IRM, Mixup, MLDG. ``ALGORITHMS``
 is keyed by kdg's registry names.
+MTL, SagNet, ARM and MixStyle, which bring their own networks or layers, are
+in the last block (how each takes its network is written there).
 
 This file is the "reference way" that kdg's benchmark measures itself against,
 and a second, independent implementation that kdg's results can be checked
