@@ -1171,19 +1171,21 @@ class SagNet(Algorithm):
 
 
 class ContextNet(nn.Module):
-    """DomainBed's ContextNet: images (N, C, H, W) -> one-channel maps (N, 1, H, W)."""
+    """DomainBed's ContextNet: images (N, C, H, W) -> one-channel maps (N, 1, H, W).
+    DomainBed's widths are fixed (64 channels, 5x5); ``hidden`` and
+    ``kernel_size`` are kdg.layers.ARMContext's, for small tests."""
 
-    def __init__(self, in_channels: int):
+    def __init__(self, in_channels: int, hidden: int = 64, kernel_size: int = 5):
         super().__init__()
-        padding = (5 - 1) // 2  # keep the same dimensions
+        padding = (kernel_size - 1) // 2  # keep the same dimensions
         self.context_net = nn.Sequential(
-            nn.Conv2d(in_channels, 64, 5, padding=padding),
-            nn.BatchNorm2d(64),
+            nn.Conv2d(in_channels, hidden, kernel_size, padding=padding),
+            nn.BatchNorm2d(hidden),
             nn.ReLU(),
-            nn.Conv2d(64, 64, 5, padding=padding),
-            nn.BatchNorm2d(64),
+            nn.Conv2d(hidden, hidden, kernel_size, padding=padding),
+            nn.BatchNorm2d(hidden),
             nn.ReLU(),
-            nn.Conv2d(64, 1, 5, padding=padding),
+            nn.Conv2d(hidden, 1, kernel_size, padding=padding),
         )
 
     def forward(self, x):

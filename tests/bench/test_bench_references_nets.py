@@ -139,14 +139,14 @@ def numpy_pairs(draws):
     return [tuple(numpy(pair)) for pair in draws]
 
 
-# -- ARM: DomainBed's ContextNet on 4x4 images, a tanh layer, a linear head ----------------
+# -- ARM: a ContextNet (8 channels, 3x3) on 4x4 images, a tanh layer, a linear head --------
 
-SHAPE = (4, 4, 1)
+SHAPE, HIDDEN, K = (4, 4, 1), 8, 3
 
 
 def arm_model():
     inputs = keras.Input(SHAPE)
-    h = ARMContext(name="arm_context")(inputs)  # DomainBed's: 64 channels, 5x5
+    h = ARMContext(hidden=HIDDEN, kernel_size=K, name="arm_context")(inputs)
     h = keras.layers.Flatten()(h)
     h = keras.layers.Dense(5, activation="tanh", name="features")(h)
     outputs = keras.layers.Dense(3, name="head")(h)
@@ -168,7 +168,7 @@ def torch_arm(model):
                          nn.Linear(5, 3)).double()
     ref.set_weights_from_numpy(net, [w_feat.T, b_feat, w_head.T, b_head])
     algo = ref.make_algorithm("ARM", net, HP)
-    algo.context_net = ref.ContextNet(c).double()
+    algo.context_net = ref.ContextNet(c, HIDDEN, K).double()
     ref.set_weights_from_numpy(algo.context_net, [ref.keras_to_torch_layout(v) for v in context])
     return algo, net
 
@@ -216,9 +216,9 @@ def test_arm_reference_appends_each_support_sets_mean_context():
     images = tt(nchw.reshape(12, 1, 4, 4))
     F = torch.nn.functional
     bn = lambda t, g, b: F.batch_norm(t, None, None, g, b, training=True, eps=1e-5)
-    h = F.relu(bn(F.conv2d(images, c[0], c[1], padding=2), c[2], c[3]))
-    h = F.relu(bn(F.conv2d(h, c[4], c[5], padding=2), c[6], c[7]))
-    maps = F.conv2d(h, c[8], c[9], padding=2)  # (12, 1, 4, 4), all images in one pass
+    h = F.relu(bn(F.conv2d(images, c[0], c[1], padding=1), c[2], c[3]))
+    h = F.relu(bn(F.conv2d(h, c[4], c[5], padding=1), c[6], c[7]))
+    maps = F.conv2d(h, c[8], c[9], padding=1)  # (12, 1, 4, 4), all images in one pass
     context = maps.reshape(3, 4, 1, 4, 4).mean(1, keepdim=True).expand(3, 4, 1, 4, 4)
     inputs = torch.cat([images, context.reshape(12, 1, 4, 4)], 1).reshape(12, -1)
     logits = torch.tanh(inputs @ w[0].T + w[1]) @ w[2].T + w[3]
@@ -292,6 +292,10 @@ def test_bench_builds_mixstyle_after_resnet_stages_1_2_3_and_arm_with_the_contex
     assert [tuple(x.shape[1:]) for x in mixed] == [(64, 8, 8), (128, 4, 4), (256, 2, 2)]
     assert not any(isinstance(m, ref.MixStyleLayer)
                    for m in reference.build_network(config, ref).modules())
+    # ARM's context network: DomainBed's (64 channels, 5x5), for the images' C channels
+    shapes = [tuple(p.shape) for p in ref.ContextNet(3).parameters()]
+    assert shapes == [(64, 3, 5, 5), (64,), (64,), (64,), (64, 64, 5, 5), (64,), (64,), (64,),
+                      (1, 64, 5, 5), (1,)]
     for model in ("mnist_cnn", "mlp"):  # (a ResNet's first convolution likewise)
         config = suite.scenario(model, algorithms=["arm"], quick=True)
         plain = reference.build_network(config, ref)
