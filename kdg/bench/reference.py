@@ -10,6 +10,8 @@ workers (`kdg.bench.run`), and writes the same JSON record per algorithm.
 `torch_reference.py` ships inside the package, so that `kdg bench` runs from
 an installed kdg. It has DomainBed's MNIST_CNN; the ResNets are built here, torchvision's layout, with BatchNorm frozen as
 DomainBed's `freeze_bn` does (and as `kdg.models.build` does by default).
+An algorithm that needs model options (`kdg.bench.suite.SETTINGS`: ARM's
+context channel, MixStyle's layers) gets its network built with them.
 
 Each algorithm gets the bench's settings (`kdg.bench.suite.hparams`;
 CorGrad runs with `tie_tol=0.0`, the reference's literal loop). "gga_eval"
@@ -83,21 +85,31 @@ def _resnet(depth):
     block, blocks = {18: (Basic, (2, 2, 2, 2)), 50: (Bottleneck, (3, 4, 6, 3))}[depth]
 
     class ResNet(nn.Module):
-        def __init__(self, channels):
+        def __init__(self, channels, mixstyle=None, mixstyle_layers=()):
+            """`mixstyle` (a module) after each stage in `mixstyle_layers` (1-based,
+            torchvision's layer1..layer4), as the MixStyle authors' ResNet."""
             super().__init__()
             self.stem = nn.Sequential(
                 nn.Conv2d(channels, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
                 nn.MaxPool2d(3, 2, 1))
-            layers, cin = [], 64
+            layers, cin, ends = [], 64, []
             for i, (width, count) in enumerate(zip((64, 128, 256, 512), blocks)):
                 for j in range(count):
                     layers.append(block(cin, width, 2 if (i > 0 and j == 0) else 1))
                     cin = width * block.expansion
+                ends.append(len(layers) - 1)
             self.layers = nn.Sequential(*layers)
             self.n_outputs = cin
+            self.mixstyle = mixstyle
+            self.mix_after = {ends[s - 1] for s in mixstyle_layers} if mixstyle else set()
 
         def forward(self, x):
-            return self.layers(self.stem(x)).mean(dim=(2, 3))
+            x = self.stem(x)
+            for i, layer in enumerate(self.layers):
+                x = layer(x)
+                if i in self.mix_after:
+                    x = self.mixstyle(x)
+            return x.mean(dim=(2, 3))
 
         def train(self, mode=True):
             # DomainBed's freeze_bn: BatchNorm stays in inference mode.
@@ -110,20 +122,34 @@ def _resnet(depth):
     return ResNet
 
 
-def build_network(config, ref):
+def build_network(config, ref, options=None):
+    """The scenario's network; `options` are an algorithm's `kdg.models.build`
+    options (`suite.model_options`): ``arm_context`` (the network takes the
+    images' C channels and ARM's context channel; the MLP then flattens images
+    itself), ``mixstyle_layers`` (and ``mixstyle_p``, ``mixstyle_alpha``) for a
+    ResNet (a `MixStyleLayer` after those stages)."""
     import torch
     import torch.nn as nn
 
+    options = dict(options or {})
     torch.manual_seed(int(config["seed"]))
     size, channels = int(config["image_size"]), int(config["channels"])
     classes = int(config["num_classes"])
     model = config["model"]
+    context = 1 if options.get("arm_context") else 0
     if model == "mnist_cnn":
-        return ref.mnist_cnn(input_shape=(size, size, channels), num_classes=classes)
+        return ref.mnist_cnn(input_shape=(size, size, channels + context), num_classes=classes)
     if model == "mlp":  # DomainBed's MLP (width 256, depth 3), as kdg.models.build's
-        return ref.mlp(size * size * channels, classes, hidden=(256, 256, 256))
+        net = ref.mlp(size * size * (channels + context), classes, hidden=(256, 256, 256))
+        if context:
+            net.featurizer = nn.Sequential(nn.Flatten(), net.featurizer)
+        return net
     if model in ("resnet18", "resnet50"):
-        features = _resnet(int(model[len("resnet"):]))(channels)
+        stages = tuple(options.get("mixstyle_layers", ()))
+        mixstyle = ref.MixStyleLayer(p=float(options.get("mixstyle_p", 0.5)),
+                                     alpha=float(options.get("mixstyle_alpha", 0.1)))
+        features = _resnet(int(model[len("resnet"):]))(
+            channels + context, mixstyle if stages else None, stages)
         return ref.Classifier(features, nn.Linear(features.n_outputs, classes))
     raise ValueError(f"The PyTorch reference has no network for {model!r}; "
                      "it has mnist_cnn, mlp, resnet18 and resnet50.")
@@ -144,12 +170,13 @@ def prepare(name, config, x, y, ref):
     """Build `name` around a fresh network; its step, returning the loss."""
     import torch
 
-    network = build_network(config, ref)
+    options = suite.model_options("gga" if name == "gga_eval" else name)
+    network = build_network(config, ref, options)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     network.to(device)
     algo = make_algorithm(name, config, network, ref)
     xt = torch.as_tensor(x, device=device)
-    if config["model"] == "mlp":
+    if config["model"] == "mlp" and not options.get("arm_context"):  # ARM's MLP takes images
         xt = xt.reshape(xt.shape[0], xt.shape[1], -1)  # (D, B, features)
     yt = torch.as_tensor(y, device=device).long()
     if name == "gga_eval":

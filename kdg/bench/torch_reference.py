@@ -3,6 +3,8 @@ and, as benchmark runners for `kdg bench`, of the other algorithms of kdg's
 registry written as DomainBed's ``algorithms.py`` writes them (SAM, GSAM and
 SAGM as the GGA repository does, PCGrad as its authors' code). ``ALGORITHMS``
 is keyed by kdg's registry names.
+MTL, SagNet, ARM and MixStyle, which bring their own networks or layers, are
+in the last block (how each takes its network is written there).
 
 This file is the "reference way" that kdg's benchmark measures itself against,
 and a second, independent implementation that kdg's results can be checked
@@ -71,6 +73,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import random
 from typing import Sequence
 
 import numpy as np
@@ -1112,3 +1115,251 @@ def make_algorithm(name: str, network: nn.Module, hparams: dict | None = None):
     except KeyError:
         raise ValueError(f"unknown algorithm {name!r}; one of {', '.join(ALGORITHMS)}") from None
     return cls(network, hparams)
+
+
+# --------------------------------------------------------------------------
+# MTL, SagNet, ARM and MixStyle: the algorithms of GGA's combination table
+# that bring their own networks or layers, as DomainBed's algorithms.py (and,
+# for MixStyle, the MixStyle authors' code the GGA repository runs) writes
+# them. Each takes the bench's Classifier(featurizer, classifier):
+#
+# - MTL widens ``network.classifier`` to read [features, embedding] (DomainBed's
+#   Classifier of 2F inputs: W = [W1; W2]), in place;
+# - SagNet adds its style network (a fresh Linear like the classifier);
+# - ARM's ``network`` takes C + 1 channels (the images and the context; for an
+#   MLP, one that flattens images itself); it builds DomainBed's ContextNet for
+#   the C channels of its first batch, after its optimizer (never trained);
+# - MixStyle's ``network`` carries ``MixStyleLayer`` modules
+#   (``kdg.bench.reference.build_network`` puts one after ResNet stages
+#   1, 2 and 3, as the authors' ``resnet*_mixstyle_L234_p0d5_a0d1``).
+#
+# Random numbers (MTL's noise, SagNet's alpha and permutation) come from the
+# algorithm's generator through one method each (``normal_``, ``draw``), and
+# MixStyleLayer's from the global RNGs as the authors' (its ``draw``): a test
+# substitutes kdg's draws there to compare the weights.
+# --------------------------------------------------------------------------
+
+
+class MTL(Algorithm):
+    """DomainBed's MTL: per domain, the embedding's moving average is kept
+    and then overwritten with N(0, 1) noise (``.normal_()``); the loss is
+    the SUM over domains; one Adam on featurizer and (widened) classifier."""
+
+    defaults = {"mtl_ema": 0.99}
+
+    def __init__(self, network, hparams=None):
+        head = network.classifier
+        network.classifier = nn.Linear(2 * head.in_features, head.out_features).to(head.weight)
+        super().__init__(network, hparams)
+        self.embeddings = None  # DomainBed's buffer (num_domains, F), zeros at the first update
+
+    def normal_(self, embedding, env):
+        """DomainBed's ``embedding.normal_()``, from this algorithm's generator."""
+        return embedding.normal_(generator=self.generator)
+
+    def update_embeddings_(self, features, env=None):
+        return_embedding = features.mean(0)
+        if env is not None:
+            ema = self.hparams["mtl_ema"]
+            return_embedding = ema * return_embedding + (1 - ema) * self.embeddings[env]
+            self.embeddings[env] = return_embedding.clone().detach()
+        return return_embedding.view(1, -1).repeat(len(features), 1)
+
+    def predict(self, x, env=None):
+        features = self.network.featurizer(x)
+        embedding = self.normal_(self.update_embeddings_(features, env), env)
+        return self.network.classifier(torch.cat((features, embedding), 1))
+
+    def _update(self, x, y):
+        if self.embeddings is None:
+            width = self.network.classifier.in_features // 2
+            self.embeddings = torch.zeros(len(x), width, device=self.device, dtype=self.params[0].dtype)
+        loss = 0
+        for env in range(len(x)):
+            loss += F.cross_entropy(self.predict(x[env], env), y[env])
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item()}
+
+
+class SagNet(Algorithm):
+    """DomainBed's SagNet: featurizer f, content network c (the classifier)
+    and a style network s, three Adams; content, style and adversary steps
+    on the concatenated batch."""
+
+    defaults = {"sag_w_adv": 0.1}
+
+    def __init__(self, network, hparams=None):
+        super().__init__(network, hparams)
+        head = network.classifier
+        self.network_f, self.network_c = network.featurizer, network.classifier
+        self.network_s = nn.Linear(head.in_features, head.out_features).to(head.weight)
+        self.optimizer_f = self.new_optimizer(list(self.network_f.parameters()))
+        self.optimizer_c = self.new_optimizer(list(self.network_c.parameters()))
+        self.optimizer_s = self.new_optimizer(list(self.network_s.parameters()))
+
+    def forward_c(self, x):
+        # learning content network on randomized style
+        return self.network_c(self.randomize(self.network_f(x), "style"))
+
+    def forward_s(self, x):
+        # learning style network on randomized content
+        return self.network_s(self.randomize(self.network_f(x), "content"))
+
+    def draw(self, n, like):
+        """DomainBed's ``torch.rand(n, 1)`` and ``torch.randperm(n)``, from
+        this algorithm's generator."""
+        alpha = torch.rand(n, 1, generator=self.generator, device=like.device, dtype=like.dtype)
+        return alpha, torch.randperm(n, generator=self.generator, device=like.device)
+
+    def randomize(self, x, what="style", eps=1e-5):
+        sizes = x.size()
+        alpha, idx_swap = self.draw(sizes[0], x)
+        if len(sizes) == 4:
+            x = x.view(sizes[0], sizes[1], -1)
+            alpha = alpha.unsqueeze(-1)
+        mean = x.mean(-1, keepdim=True)
+        var = x.var(-1, keepdim=True)
+        x = (x - mean) / (var + eps).sqrt()
+        if what == "style":
+            mean = alpha * mean + (1 - alpha) * mean[idx_swap]
+            var = alpha * var + (1 - alpha) * var[idx_swap]
+        else:
+            x = x[idx_swap].detach()
+        x = x * (var + eps).sqrt() + mean
+        return x.view(*sizes)
+
+    def _update(self, x, y):
+        all_x, all_y = _cat(x, y)
+        # learn content
+        self.optimizer_f.zero_grad()
+        self.optimizer_c.zero_grad()
+        loss_c = F.cross_entropy(self.forward_c(all_x), all_y)
+        loss_c.backward()
+        self.optimizer_f.step()
+        self.optimizer_c.step()
+        # learn style
+        self.optimizer_s.zero_grad()
+        loss_s = F.cross_entropy(self.forward_s(all_x), all_y)
+        loss_s.backward()
+        self.optimizer_s.step()
+        # learn adversary
+        self.optimizer_f.zero_grad()
+        loss_adv = -F.log_softmax(self.forward_s(all_x), dim=1).mean(1).mean()
+        loss_adv = loss_adv * self.hparams["sag_w_adv"]
+        loss_adv.backward()
+        self.optimizer_f.step()
+        return {"loss": loss_c.item(), "loss_c": loss_c.item(), "loss_s": loss_s.item(),
+                "loss_adv": loss_adv.item()}
+
+
+class ContextNet(nn.Module):
+    """DomainBed's ContextNet: images (N, C, H, W) -> one-channel maps (N, 1, H, W).
+    DomainBed's widths are fixed (64 channels, 5x5); ``hidden`` and
+    ``kernel_size`` are kdg.layers.ARMContext's, for small tests."""
+
+    def __init__(self, in_channels: int, hidden: int = 64, kernel_size: int = 5):
+        super().__init__()
+        padding = (kernel_size - 1) // 2  # keep the same dimensions
+        self.context_net = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, kernel_size, padding=padding),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(),
+            nn.Conv2d(hidden, hidden, kernel_size, padding=padding),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(),
+            nn.Conv2d(hidden, 1, kernel_size, padding=padding),
+        )
+
+    def forward(self, x):
+        return self.context_net(x)
+
+
+class ARM(Algorithm):
+    """DomainBed's ARM (ARM-CML): ERM's step on ``predict``, which appends
+    to every image the mean context map of its support set (the per-domain
+    batch: DomainBed's ``support_size`` is its ``batch_size``). One pass of
+    the context network over the whole batch (its BatchNorm sees all D*B
+    images), one of the network."""
+
+    def __init__(self, network, hparams=None):
+        super().__init__(network, hparams)
+        self.context_net = None  # built at the first update, after the optimizer (never trained)
+        self.support_size = None
+
+    def predict(self, x):
+        batch_size, c, h, w = x.shape
+        if batch_size % self.support_size == 0:
+            meta_batch_size = batch_size // self.support_size
+            support_size = self.support_size
+        else:
+            meta_batch_size, support_size = 1, batch_size
+        context = self.context_net(x)
+        context = context.reshape((meta_batch_size, support_size, 1, h, w))
+        context = context.mean(dim=1)
+        context = torch.repeat_interleave(context, repeats=support_size, dim=0)
+        x = torch.cat([x, context], dim=1)
+        return self.network(x)
+
+    def _update(self, x, y):
+        if self.context_net is None:
+            self.context_net = ContextNet(x.shape[2]).to(self.params[0])
+        self.context_net.train()
+        self.support_size = x.shape[1]
+        all_x, all_y = _cat(x, y)
+        loss = F.cross_entropy(self.predict(all_x), all_y)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item()}
+
+
+class MixStyleLayer(nn.Module):
+    """The MixStyle authors' layer (``mix='random'``): in training, with
+    probability p per batch, each example's channel statistics are mixed
+    with a random other example's, weights ~ Beta(alpha, alpha)."""
+
+    def __init__(self, p=0.5, alpha=0.1, eps=1e-6):
+        super().__init__()
+        self.p, self.alpha, self.eps = p, alpha, eps
+        self.beta = torch.distributions.Beta(alpha, alpha)
+
+    def draw(self, batch_size):
+        """(mix, lmda (B, 1, 1, 1), perm), from the global RNGs as the authors'."""
+        if random.random() > self.p:
+            return False, None, None
+        return True, self.beta.sample((batch_size, 1, 1, 1)), torch.randperm(batch_size)
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        mix, lmda, perm = self.draw(x.size(0))
+        if not mix:
+            return x
+        mu = x.mean(dim=[2, 3], keepdim=True)
+        var = x.var(dim=[2, 3], keepdim=True)
+        sig = (var + self.eps).sqrt()
+        mu, sig = mu.detach(), sig.detach()
+        x_normed = (x - mu) / sig
+        lmda = lmda.to(x.device)
+        mu2, sig2 = mu[perm], sig[perm]
+        mu_mix = mu * lmda + mu2 * (1 - lmda)
+        sig_mix = sig * lmda + sig2 * (1 - lmda)
+        return x_normed * sig_mix + mu_mix
+
+
+class MixStyle(ERM):
+    """ERM on a network with MixStyleLayer modules (the GGA repository's
+    ``Mixstyle`` algorithm: ERM's update on the concatenated batch)."""
+
+    def __init__(self, network, hparams=None):
+        if not any(isinstance(m, MixStyleLayer) for m in network.modules()):
+            raise ValueError("MixStyle trains a network with MixStyleLayer modules and this one has "
+                             "none; kdg.bench.reference.build_network(config, ref, "
+                             "{'mixstyle_layers': (1, 2, 3)}) builds a ResNet with them.")
+        super().__init__(network, hparams)
+
+
+__all__ += ["MTL", "SagNet", "ContextNet", "ARM", "MixStyleLayer", "MixStyle"]
+ALGORITHMS.update({"mtl": MTL, "sagnet": SagNet, "arm": ARM, "mixstyle": MixStyle})

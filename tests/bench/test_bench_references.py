@@ -44,11 +44,14 @@ def test_every_registry_algorithm_has_a_reference_or_is_reported_without_one():
     # the algorithms of issue 17 implemented so far all have one
     assert {"erm", "fish", "corgrad", "gga", "ggal", "sam", "gsam", "sagm", "andmask",
             "sandmask", "mmd", "coral", "rsc", "vrex", "groupdro", "irm", "mixup",
-            "mldg"} <= set(have)
+            "mldg", "mtl", "sagnet", "arm", "mixstyle"} <= set(have)
     assert not reference.has_reference("no_such_algorithm", ref)
 
 
-@pytest.mark.parametrize("name", sorted(set(ref.ALGORITHMS) - {"gga-l", "gga_l"}))
+#: not here: ARM's and MixStyle's networks take images, MTL's classifier reads [features,
+#: embedding] (each steps as kdg's in test_bench_references_nets.py)
+@pytest.mark.parametrize("name", sorted(set(ref.ALGORITHMS)
+                                        - {"gga-l", "gga_l", "arm", "mixstyle", "mtl"}))
 def test_reference_training_lowers_the_loss(name):
     x, y = _problem()
     torch.manual_seed(0)
