@@ -29,6 +29,7 @@ from kdg.algorithms.sagm import SAGM
 from kdg.algorithms.sagnet import SagNet
 from kdg.algorithms.sam import SAM
 from kdg.algorithms.sandmask import SANDMask
+from kdg.algorithms.selfreg import SelfReg
 from kdg.algorithms.vrex import VREx
 
 #: The registry: each algorithm's class under its `name`, where its title,
@@ -56,6 +57,7 @@ ALGORITHMS = {cls.name: cls for cls in (
     MTL,
     SagNet,
     ARM,
+    SelfReg,
 )}
 
 
@@ -116,6 +118,7 @@ __all__ = [
     "SagNet",
     "SAM",
     "SANDMask",
+    "SelfReg",
     "VREx",
     "StepContext",
     "VREx",
