@@ -1,7 +1,7 @@
 """SelfReg against plain PyTorch written from DomainBed's `SelfReg.update`
 (float64, torch.autograd, no kdg code), its draws against a NumPy copy of
-kdg's generator, GGA wrapping it, saving and resuming, and its
-hyperparameter checks."""
+kdg's generator, GGA wrapping it, and its hyperparameter checks (training,
+resuming and saving through `kdg train`: tests/test_table_every_algorithm.py)."""
 
 import keras
 import numpy as np
@@ -180,6 +180,11 @@ def test_steps_match_the_pytorch_reference(case):
         assert want[0][1]["selfreg_scale"] < 0.9  # min(CE, 1) is CE here
     moved = max(np.abs(a - b).max() for a, b in zip(numpy(algorithm.projection), proj))
     assert (moved > 1e-4) == algorithm.train_projection  # DomainBed's projection stays put
+    # the projection (and its optimizer, when trained) are the algorithm's
+    # variables: saved with the model and in the run's checkpoint
+    own = {id(v) for v in algorithm.variables}
+    assert all(id(v) in own for v in algorithm.projection)
+    assert (len(own) > 12) == algorithm.train_projection
     assert min(r["loss"] - r["nll"] for _, r in want) > 1e-3  # the regularizer counts
     # prediction is the model, classify(f(x))
     w = model.get_weights()
@@ -213,31 +218,6 @@ def test_gga_around_selfreg_searches_then_steps_inside_the_window_and_only_steps
     train(base_model, x, y, 1)
     same(model, base_model)  # step 1, outside the window: SelfReg's step
     assert logs["gga_accepted"] == 0
-
-
-def test_save_load_and_checkpoint_keep_the_projection_and_its_optimizer(tmp_path):
-    from kdg import training
-
-    x, y = make_data()
-    make = lambda: SelfReg(train_projection=True)  # noqa: E731
-    model = two_layer(make(), optimizer=keras.optimizers.Adam(0.01))
-    train(model, x, y, 2)
-    model.save(tmp_path / "m.keras")
-    training.save_checkpoint(model, tmp_path / "checkpoint.npz", 2)
-    loaded = keras.models.load_model(tmp_path / "m.keras")
-    assert loaded.algorithm == model.algorithm
-    resumed = two_layer(make(), params=initial(seed=5), optimizer=keras.optimizers.Adam(0.01))
-    train(resumed, x, y, 1)
-    training.load_checkpoint(resumed, tmp_path / "checkpoint.npz")
-    train(model, x, y, 1)
-    want = model.get_weights() + numpy(model.algorithm.variables)
-    assert len(model.algorithm.variables) > 12  # the projection and its Adam
-    for other in (loaded, resumed):
-        train(other, x, y, 1)
-        got = other.get_weights() + numpy(other.algorithm.variables)
-        assert len(got) == len(want)
-        for a, b in zip(got, want):
-            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("field, value", [("feature_weight", -0.1), ("alpha", 0.0),
