@@ -149,10 +149,10 @@ class SelfReg(Algorithm):
     def step(self, ctx, x, y):
         x, y = flatten_domains(x), flatten_domains(y)
         order, first, second, lam = self.draws(ctx.key, y)
-        w = self.feature_weight
+        w, own_count = self.feature_weight, len(self.projection)
 
         def objective(values, state):
-            params, weights = values[:len(values) - 12], values[len(values) - 12:]
+            params, weights = values[:-own_count], values[-own_count:]
             f, state = ctx.features(x, params, state)
             z = ctx.classify(f, params, state)
             p = project(weights, f)
@@ -171,9 +171,9 @@ class SelfReg(Algorithm):
         (loss, (y_pred, state, nll, scale)), grads = ctx.value_and_grad(objective)(
             values, ctx.state())
         ctx.set_state(state)
-        ctx.apply(grads[:-12])
+        ctx.apply(grads[:-own_count])
         if self.train_projection:
-            own.apply(ctx.model, self.optimizer, grads[-12:], self.projection)
+            own.apply(ctx.model, self.optimizer, grads[-own_count:], self.projection)
         return {"loss": loss, "nll": nll, "selfreg_scale": scale}, y_pred
 
     def get_config(self):
