@@ -68,22 +68,22 @@ def test_draws_pair_each_example_with_examples_of_its_class_as_numpy_draws_them(
     of a NumPy copy of kdg's generator; lam follows Beta(alpha, alpha)."""
     y = np.array([2, 0, 1, 2, 2, 0, 3, 1, 0, 2, 2, 1, 0, 0, 2, 1], np.int32)
     n = len(y)
-    for seed in (0,):
-        key = np.array([seed, 7 - seed], np.int32)
-        order, first, second, lam = numpy(SelfReg().draws(keras.ops.convert_to_tensor(key), y))
-        np.testing.assert_array_equal(order, np.argsort(y, kind="stable"))
-        for i, partner in enumerate((first, second)):
-            u = np_uniform(n, np_fold_in(key.astype(np.uint32), i), 0)
-            np.testing.assert_array_equal(partner, np.lexsort((u, y)))
-            assert sorted(partner.tolist()) == list(range(n))
-            np.testing.assert_array_equal(y[partner], y[order])  # partners share the class
-        assert np.any(first != order) and np.any(first != second)
-        assert 0.0 < float(lam) < 1.0
-        # lam ~ Beta(alpha, alpha) from the key's own stream (kdg.rng.beta,
-        # whose distribution tests/test_algo_simple.py checks)
-        want = kdg_rng.beta((), kdg_rng.fold_in(keras.ops.convert_to_tensor(key), 2), 2.0, 2.0)
-        got = numpy(SelfReg(alpha=2.0).draws(keras.ops.convert_to_tensor(key), y))[3]
-        np.testing.assert_allclose(got, numpy([want])[0], rtol=1e-6)
+    key = np.array([0, 7], np.int32)
+    order, first, second, lam = numpy(SelfReg().draws(
+        keras.ops.convert_to_tensor(key), y))
+    np.testing.assert_array_equal(order, np.argsort(y, kind="stable"))
+    for i, partner in enumerate((first, second)):
+        u = np_uniform(n, np_fold_in(key.astype(np.uint32), i), 0)
+        np.testing.assert_array_equal(partner, np.lexsort((u, y)))
+        assert sorted(partner.tolist()) == list(range(n))
+        np.testing.assert_array_equal(y[partner], y[order])  # partners share the class
+    assert np.any(first != order) and np.any(first != second)
+    assert 0.0 < float(lam) < 1.0
+    # lam ~ Beta(alpha, alpha) from the key's own stream (kdg.rng.beta,
+    # whose distribution tests/test_algo_simple.py checks)
+    want = kdg_rng.beta((), kdg_rng.fold_in(keras.ops.convert_to_tensor(key), 2), 2.0, 2.0)
+    got = numpy(SelfReg(alpha=2.0).draws(keras.ops.convert_to_tensor(key), y))[3]
+    np.testing.assert_allclose(got, numpy([want])[0], rtol=1e-6)
 
 
 # -- the reference: DomainBed's SelfReg.update for this network ---------------------------
