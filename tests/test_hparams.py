@@ -110,6 +110,9 @@ REFUSED = [
     ({"name": "sagnet", "sag_w_adv": -0.1}, "sag_w_adv", "a number >= 0", False),
     ({"name": "arm", "train_context": "yes"}, "train_context", "true or false", True),
     ({"name": "iga", "penalty_weight": -1e3}, "penalty_weight", "a number >= 0", False),
+    ({"name": "selfreg", "feature_weight": -0.3}, "feature_weight", "a number >= 0", False),
+    ({"name": "selfreg", "alpha": 0}, "alpha", "a number > 0", False),
+    ({"name": "selfreg", "train_projection": 1}, "train_projection", "true or false", True),
 ]
 
 

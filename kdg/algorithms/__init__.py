@@ -32,6 +32,7 @@ from kdg.algorithms.sagnet import SagNet
 from kdg.algorithms.sam import SAM
 from kdg.algorithms.sandmask import SANDMask
 from kdg.algorithms.sd import SD
+from kdg.algorithms.selfreg import SelfReg
 from kdg.algorithms.vrex import VREx
 
 #: The registry: each algorithm's class under its `name`, where its title,
@@ -62,6 +63,7 @@ ALGORITHMS = {cls.name: cls for cls in (
     IGA,
     PCGrad,
     SD,
+    SelfReg,
 )}
 
 
@@ -125,6 +127,7 @@ __all__ = [
     "SAM",
     "SANDMask",
     "SD",
+    "SelfReg",
     "VREx",
     "StepContext",
     "VREx",

@@ -1073,6 +1073,77 @@ class SAGM(GSAM):
             p.grad.add_(g / 2 - p.grad / 2)
 
 
+class SelfReg(Algorithm):
+    """DomainBed's SelfReg: the projection ``cdpl`` built after the optimizer
+    (so never trained, DomainBed's quirk; ``train_projection`` trains it),
+    examples sorted by class, partners shuffled inside each class element by
+    element, ``.item()`` for the scale."""
+
+    defaults = {"feature_weight": 0.3, "alpha": 0.5, "train_projection": False}
+
+    def __init__(self, network, hparams=None):
+        super().__init__(network, hparams)
+        dim = network.classifier.in_features
+        hidden = dim if dim == 2048 else dim * 2
+        p = self.params[0]
+        self.cdpl = nn.Sequential(
+            nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, dim), nn.BatchNorm1d(dim),
+        ).to(device=p.device, dtype=p.dtype)
+        if self.hparams["train_projection"]:
+            self.optimizer.add_param_group({"params": list(self.cdpl.parameters())})
+        self.rng = np.random.default_rng(int(self.hparams["seed"]))
+
+    def _update(self, x, y):
+        all_x, all_y = _cat(x, y)
+        alpha = self.hparams["alpha"]
+        lam = float(self.rng.beta(alpha, alpha))
+        batch_size = all_y.size()[0]
+        with torch.no_grad():  # cluster and order the examples into same-class groups
+            sorted_y, indices = torch.sort(all_y)
+            sorted_x = torch.zeros_like(all_x)
+            for idx, order in enumerate(indices):
+                sorted_x[idx] = all_x[order]
+            intervals, ex = [], 0
+            for idx, val in enumerate(sorted_y):
+                if ex == val:
+                    continue
+                intervals.append(idx)
+                ex = val
+            intervals.append(batch_size)
+            all_x, all_y = sorted_x, sorted_y
+        self.cdpl.train()
+        feat = self.network.featurizer(all_x)
+        proj = self.cdpl(feat)
+        output = self.network.classifier(feat)
+        output_2, feat_2 = torch.zeros_like(output), torch.zeros_like(proj)
+        output_3, feat_3 = torch.zeros_like(output), torch.zeros_like(proj)
+        ex = 0
+        for end in intervals:
+            shuffle_1 = torch.randperm(end - ex, generator=self.generator, device=self.device) + ex
+            shuffle_2 = torch.randperm(end - ex, generator=self.generator, device=self.device) + ex
+            for idx in range(end - ex):
+                output_2[idx + ex] = output[shuffle_1[idx]]
+                feat_2[idx + ex] = proj[shuffle_1[idx]]
+                output_3[idx + ex] = output[shuffle_2[idx]]
+                feat_3[idx + ex] = proj[shuffle_2[idx]]
+            ex = end
+        output_3 = lam * output_2 + (1 - lam) * output_3
+        feat_3 = lam * feat_2 + (1 - lam) * feat_3
+        w = self.hparams["feature_weight"]
+        l_ind_logit, l_hdl_logit = F.mse_loss(output, output_2), F.mse_loss(output, output_3)
+        l_ind_feat, l_hdl_feat = w * F.mse_loss(feat, feat_2), w * F.mse_loss(feat, feat_3)
+        cl_loss = F.cross_entropy(output, all_y)
+        c_scale = min(cl_loss.item(), 1.0)
+        loss = cl_loss + c_scale * (lam * (l_ind_logit + l_ind_feat)
+                                    + (1 - lam) * (l_hdl_logit + l_hdl_feat))
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item(), "nll": cl_loss.item(), "selfreg_scale": c_scale}
+
+
 # --------------------------------------------------------------------------
 # Factory
 # --------------------------------------------------------------------------
@@ -1101,6 +1172,7 @@ ALGORITHMS = {
     "iga": IGA,
     "pcgrad": PCGrad,
     "sd": SD,
+    "selfreg": SelfReg,
 }
 
 
