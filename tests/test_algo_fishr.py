@@ -175,7 +175,7 @@ def test_gga_wrapping_fishr():
     x, y = make_data()
     params = initial()
     make = lambda: Fishr(penalty_weight=10.0, anneal_steps=0)
-    window = dict(start_step=1, end_step=1, trials=30, rho=0.05, perturb="all")
+    window = dict(start_step=1, end_step=1, trials=20, rho=0.05, perturb="all")
     sgd = lambda lr=0.1: keras.optimizers.SGD(lr)
     plain = two_layer(make(), params, sgd())
     gga = two_layer(GGA(base=make(), **window), params, sgd())
