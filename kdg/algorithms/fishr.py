@@ -47,27 +47,7 @@ from keras import ops
 from kdg.algorithms.anneal import AnnealedPenalty
 from kdg.algorithms.base import domain_count, flatten_domains, integer, number
 from kdg.algorithms.irm import check_logits_loss
-
-
-def linear_head(model):
-    """The model's classifier as one Dense layer without activation (Fishr's
-    closed form needs it); a ValueError naming the fix otherwise."""
-    head = model.dg_split.classifier
-    layers = ([l for l in head.layers if not isinstance(l, keras.layers.InputLayer)]
-              if isinstance(head, keras.Model) else [head])
-    dense = layers[0] if len(layers) == 1 else None
-    if not (isinstance(dense, keras.layers.Dense)
-            and dense.activation is keras.activations.linear
-            and len(dense.kernel.shape) == 2):
-        found = ", ".join(f"{type(l).__name__} '{l.name}'" for l in layers)
-        raise ValueError(
-            f"Fishr computes per-example gradients in closed form for a linear classifier: "
-            f"one Dense layer without activation on (N, F) features, whose outputs are "
-            f"the logits. The model's classifier part is: {found}. Make the last layer a "
-            f"Dense(num_classes) without activation (put a softmax in the loss), or name "
-            f"such a layer with the model's classifier option."
-        )
-    return dense
+from kdg.algorithms.mtl import check_linear_classifier
 
 
 def gradient_variance(f, e):
@@ -112,7 +92,8 @@ class Fishr(AnnealedPenalty):
 
     def build(self, model):
         check_logits_loss(model, "Fishr")
-        dense = linear_head(model)
+        dense = check_linear_classifier(
+            model, "Fishr", "computes the per-example gradients of the classifier in closed form")
         super().build(model)  # the fresh optimizer state of the reset
         self.num_domains = domain_count(model, self.num_domains, "Fishr")
         features, classes = dense.kernel.shape
