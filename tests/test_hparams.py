@@ -106,6 +106,10 @@ REFUSED = [
     ({"name": "mtl", "num_domains": 2.5}, "num_domains", "an integer >= 1 or None", True),
     ({"name": "sagnet", "sag_w_adv": -0.1}, "sag_w_adv", "a number >= 0", False),
     ({"name": "arm", "train_context": "yes"}, "train_context", "true or false", True),
+    ({"name": "fishr", "penalty_weight": -1}, "penalty_weight", "a number >= 0", False),
+    ({"name": "fishr", "anneal_steps": -1}, "anneal_steps", "an integer >= 0", False),
+    ({"name": "fishr", "ema": 1.0}, "ema", r"a number in \[0, 1\)", False),
+    ({"name": "fishr", "num_domains": 0}, "num_domains", "an integer >= 1 or None", False),
 ]
 
 
