@@ -224,3 +224,27 @@ def test_refuses_a_classifier_without_closed_form():
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     with pytest.raises(ValueError, match="Fishr computes the per-example gradients.*one Dense layer without activation"):
         train_steps(model, x, y, 1)
+
+
+def test_the_bench_reference_trains_as_kdg_does():
+    """`kdg bench`'s PyTorch Fishr (per-example backward passes, DomainBed's
+    code) and kdg's closed form give the same weights over three steps with the
+    warm-up and the reset inside them."""
+    from kdg.bench import torch_reference as bench_ref
+
+    x, y = make_data(num_domains=3, batch=8, features=5, classes=4)
+    params = initial()
+    hp = dict(penalty_weight=100.0, anneal_steps=1, ema=0.8)
+    model = two_layer(Fishr(**hp), params)
+    torch.manual_seed(0)
+    net = bench_ref.Classifier(torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Tanh()),
+                               torch.nn.Linear(6, 4)).double()
+    bench_ref.set_weights_from_numpy(net, [bench_ref.keras_to_torch_layout(p) for p in params])
+    algo = bench_ref.make_algorithm("fishr", net, dict(hp, lr=LR))
+    for step in range(3):
+        want = algo.update(x.astype("float64"), y)
+        logs = train_steps(model, x, y, 1)
+        np.testing.assert_allclose(logs["fishr_penalty"], want["fishr_penalty"], rtol=2e-4)
+        got = [bench_ref.keras_to_torch_layout(w) for w in model.get_weights()]
+        for a, b in zip(got, bench_ref.get_weights_numpy(net)):
+            np.testing.assert_allclose(a, b, **TOL, err_msg=f"step {step}")
