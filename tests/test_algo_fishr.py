@@ -212,6 +212,17 @@ def test_hparams_and_config():
         Fishr(penalty_weight=-1.0)
     with pytest.raises(HparamError, match="anneal_steps"):
         Fishr(anneal_steps=2.5)
+    # docs/ALGORITHMS.md documents the constructor's signature
+    import ast
+    import inspect
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "ALGORITHMS.md").read_text()
+    heading = re.search(r"^## Fishr: `(Fishr\(.*\))`$", text, re.M)
+    documented = {k.arg: ast.literal_eval(k.value)
+                  for k in ast.parse(heading.group(1), mode="eval").body.keywords}
+    assert documented == {p.name: p.default for p in inspect.signature(Fishr).parameters.values()}
 
 
 def test_refuses_a_classifier_without_closed_form():
@@ -226,6 +237,8 @@ def test_refuses_a_classifier_without_closed_form():
         train_steps(model, x, y, 1)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "torch",
+                    reason="checks the plain PyTorch reference: once, in the torch session")
 def test_the_bench_reference_trains_as_kdg_does():
     """`kdg bench`'s PyTorch Fishr (per-example backward passes, DomainBed's
     code) and kdg's closed form give the same weights over three steps with the
