@@ -113,6 +113,10 @@ REFUSED = [
     ({"name": "selfreg", "feature_weight": -0.3}, "feature_weight", "a number >= 0", False),
     ({"name": "selfreg", "alpha": 0}, "alpha", "a number > 0", False),
     ({"name": "selfreg", "train_projection": 1}, "train_projection", "true or false", True),
+    ({"name": "fishr", "penalty_weight": -1}, "penalty_weight", "a number >= 0", False),
+    ({"name": "fishr", "anneal_steps": -1}, "anneal_steps", "an integer >= 0", False),
+    ({"name": "fishr", "ema": 1.0}, "ema", r"a number in \[0, 1\)", False),
+    ({"name": "fishr", "num_domains": 0}, "num_domains", "an integer >= 1 or None", False),
 ]
 
 

@@ -37,6 +37,8 @@ from kdg.algorithms import ALGORITHMS
 SETTINGS = {
     "gga": {"start_step": 0, "end_step": 2, "trials": 2, "rho": 0.01},
     "selfreg": {"train_projection": True},  # the projection's own optimizer resumes too
+    # the penalty on and the optimizer reset at the second step, the one resumed
+    "fishr": {"anneal_steps": 1, "penalty_weight": 10.0},
 }
 # model options an algorithm's network needs (ARM's context network on the input)
 MODEL = {"arm": {"arm_context": True}}
@@ -104,7 +106,7 @@ def test_every_algorithm_is_tested_or_named_as_an_exception():
 # PyTorch (eager, no compile) runs them all here. All of them passed on all
 # three backends when they were added (2026-12-06).
 OWN_STATE = ("erm", "fish", "gga", "groupdro", "irm", "vrex", "mldg", "mtl", "sagnet", "arm",
-             "selfreg")
+             "selfreg", "fishr")
 
 
 def cases():

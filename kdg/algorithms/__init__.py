@@ -14,6 +14,7 @@ from kdg.algorithms.coral import CORAL
 from kdg.algorithms.corgrad import CorGrad
 from kdg.algorithms.erm import ERM
 from kdg.algorithms.fish import Fish
+from kdg.algorithms.fishr import Fishr
 from kdg.algorithms.gga import GGA
 from kdg.algorithms.ggal import GGAL
 from kdg.algorithms.groupdro import GroupDRO
@@ -64,6 +65,7 @@ ALGORITHMS = {cls.name: cls for cls in (
     PCGrad,
     SD,
     SelfReg,
+    Fishr,
 )}
 
 
@@ -109,6 +111,7 @@ __all__ = [
     "CorGrad",
     "ERM",
     "Fish",
+    "Fishr",
     "GGA",
     "GGAL",
     "GSAM",

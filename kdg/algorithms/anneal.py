@@ -21,7 +21,8 @@ def split_domains(t, num):
 
 class AnnealedPenalty(Algorithm):
     """Base of IRM and VREx: their hyperparameters, search space and the
-    annealing; subclasses give `penalty_weight` its default in their
+    annealing (Fishr, with its own weights and step, uses its optimizer
+    reset: `build` and `_reset_optimizer`); subclasses give `penalty_weight` its default in their
     signature and define `objective(ctx, losses, logits, y) -> (penalty,
     logs)` where `losses` are the D per-domain losses of one forward pass on
     the concatenated batch and `logits` its (D, B, K) predictions."""

@@ -39,6 +39,20 @@ def dummy_scale_grad(logits, y):
     return ops.mean(ops.sum((p - onehot) * logits, axis=-1))
 
 
+def check_logits_loss(model, who):
+    """A ValueError unless the model is compiled with softmax cross-entropy on
+    logits (the closed forms of IRM's and Fishr's penalties assume it)."""
+    loss = model.loss
+    if not (isinstance(loss, keras.losses.SparseCategoricalCrossentropy)
+            and loss.get_config().get("from_logits")):
+        raise ValueError(
+            f"{who}'s penalty is written for softmax cross-entropy on logits; the "
+            f"model is compiled with loss={loss!r}. Compile it with "
+            "loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True) "
+            "and a model whose outputs are logits."
+        )
+
+
 class IRM(AnnealedPenalty):
     name = "irm"
     title = "IRM"
@@ -46,15 +60,7 @@ class IRM(AnnealedPenalty):
         super().__init__(penalty_weight, anneal_steps, rescale_loss)
 
     def build(self, model):
-        loss = model.loss
-        if not (isinstance(loss, keras.losses.SparseCategoricalCrossentropy)
-                and loss.get_config().get("from_logits")):
-            raise ValueError(
-                f"IRM's penalty is written for softmax cross-entropy on logits; the "
-                f"model is compiled with loss={loss!r}. Compile it with "
-                "loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True) "
-                "and a model whose outputs are logits."
-            )
+        check_logits_loss(model, "IRM")
         super().build(model)
 
     def objective(self, ctx, losses, logits, y):

@@ -46,9 +46,9 @@ from kdg.algorithms import own
 from kdg.algorithms.base import Algorithm, domain, domain_count, flatten_domains, integer, number
 
 
-def check_linear_classifier(model, who):
+def check_linear_classifier(model, who, why="adds its term to the classifier's logits"):
     """A ValueError unless the split's classifier is one Dense layer without
-    activation (logits = f W + b)."""
+    activation (logits = f W + b); `why` says what the algorithm needs it for."""
     classifier = model.dg_split.classifier
     layers = [classifier] if not isinstance(classifier, keras.Model) else [
         layer for layer in classifier.layers if not isinstance(layer, keras.layers.InputLayer)]
@@ -58,7 +58,7 @@ def check_linear_classifier(model, who):
     ):
         names = ", ".join(type(layer).__name__ for layer in layers)
         raise ValueError(
-            f"{who} adds its term to the classifier's logits, which needs a linear "
+            f"{who} {why}, which needs a linear "
             f"classifier: one Dense layer without activation after the features "
             f"(DomainBed's nonlinear_classifier=False); the model's classifier part is "
             f"[{names}]. Build the model with a last Dense layer producing logits, or "

@@ -112,6 +112,7 @@ __all__ = [
     "Mixup",
     "MLDG",
     "IGA",
+    "Fishr",
 ]
 
 
@@ -874,6 +875,8 @@ class IGA(Algorithm):
         objective.backward()
         self.optimizer.step()
         return {"loss": mean_loss.item(), "penalty": penalty_value.item()}
+
+
 class SD(_OneLoss):
     """DomainBed's SD: CE on the concatenated batch + sd_reg * mean(logits^2)."""
 
@@ -886,6 +889,56 @@ class SD(_OneLoss):
         penalty = (all_p ** 2).mean()
         return loss + self.hparams["sd_reg"] * penalty, {"nll": loss.item(),
                                                          "penalty": penalty.item()}
+
+
+class Fishr(Algorithm):
+    """DomainBed's Fishr: per-domain centered variance of the classifier's
+    per-example gradients, a per-domain moving average of it (with the
+    1/(1 - ema) correction), penalty = mean over domains of the mean squared
+    distance to the domains' mean variance; weight 0 before anneal_steps and
+    penalty_weight from it, Adam reset at it (unless it is 0). DomainBed gets
+    the per-example gradients from BackPACK's BatchGrad; here they are one
+    backward pass per example through the classifier (create_graph=True, so
+    the penalty is differentiable), the cost kdg's closed form avoids."""
+
+    defaults = {"penalty_weight": 1000.0, "anneal_steps": 1500, "ema": 0.95}
+
+    def _update(self, x, y):
+        h = self.hparams
+        num = len(x)
+        all_x, all_y = _cat(x, y)
+        all_z = self.network.featurizer(all_x)
+        all_logits = self.network.classifier(all_z)
+        head = list(self.network.classifier.parameters())
+        losses = F.cross_entropy(all_logits, all_y, reduction="none")
+        grads = torch.stack([
+            torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+                losses[n], head, retain_graph=True, create_graph=True)])
+            for n in range(len(all_y))])
+        if not hasattr(self, "ema_data"):
+            self.ema_data = [None] * num
+        variances, idx = [], 0
+        for d in range(num):
+            env = grads[idx:idx + len(x[d])]
+            idx += len(x[d])
+            var = (env - env.mean(dim=0, keepdim=True)).pow(2).mean(dim=0)
+            previous = torch.zeros_like(var) if self.ema_data[d] is None else self.ema_data[d]
+            ema_data = h["ema"] * previous + (1 - h["ema"]) * var
+            self.ema_data[d] = ema_data.clone().detach()
+            variances.append(ema_data / (1 - h["ema"]))
+        mean_var = torch.stack(variances).mean(dim=0)
+        penalty = sum((v - mean_var).pow(2).mean() for v in variances) / num
+        nll = F.cross_entropy(all_logits, all_y)
+        weight = 0.0
+        if self.step >= h["anneal_steps"]:
+            weight = h["penalty_weight"]
+            if self.step == h["anneal_steps"] != 0:  # DomainBed's "Reset Adam"
+                self.optimizer = self.new_optimizer(self.params)
+        objective = nll + weight * penalty
+        self.optimizer.zero_grad()
+        objective.backward()
+        self.optimizer.step()
+        return {"loss": objective.item(), "nll": nll.item(), "fishr_penalty": penalty.item()}
 
 
 class Mixup(_OneLoss):
@@ -1173,6 +1226,7 @@ ALGORITHMS = {
     "pcgrad": PCGrad,
     "sd": SD,
     "selfreg": SelfReg,
+    "fishr": Fishr,
 }
 
 

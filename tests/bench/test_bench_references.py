@@ -20,7 +20,8 @@ D, B, F_IN, K = 3, 8, 5, 3
 #: weights (SAND-mask's default tau = 1 masks every element, as DomainBed's
 #: does; VREx/IRM past their anneal; MLDG with every pair's inner step)
 TRAINABLE = {"andmask": {"tau": 0.3}, "sandmask": {"tau": 0.3},
-             "irm": {"anneal_steps": 0}, "vrex": {"anneal_steps": 0}, "mldg": {"n_meta_test": 1}}
+             "irm": {"anneal_steps": 0}, "vrex": {"anneal_steps": 0}, "mldg": {"n_meta_test": 1},
+             "fishr": {"anneal_steps": 2, "penalty_weight": 10.0}}
 
 
 def _problem(seed=0):
