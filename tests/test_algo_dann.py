@@ -58,7 +58,8 @@ def two_layer(algorithm, params=None, disc=None, optimizer=None, seed=0):
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model._dg_build_algorithm()
     if disc is not None:
-        for v, value in zip(model.algorithm.discriminator, disc):
+        dann = getattr(model.algorithm, "base", model.algorithm)  # GGA's base
+        for v, value in zip(dann.discriminator, disc):
             v.assign(value)
     return model
 
@@ -232,6 +233,7 @@ def test_save_load_and_checkpoint_keep_the_discriminator_and_both_optimizers(bas
     loaded = keras.models.load_model(tmp_path / "m.keras")
     assert loaded.algorithm == model.algorithm
     resumed = fresh(params=initial(seed=5))
+    train_steps(resumed, x, y, 1)  # builds its optimizers; the checkpoint restores everything
     training.load_checkpoint(resumed, tmp_path / "checkpoint.npz")
     train_steps(model, x, y, 1)
     want = model.get_weights() + numpy(model.algorithm.variables)
