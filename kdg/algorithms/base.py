@@ -374,14 +374,16 @@ class StepContext:
         )[0]
 
     @staticmethod
-    def value_and_grad(fn):
+    def value_and_grad(fn, differentiable=False):
         """For `fn(params, *args) -> (loss, aux)`, a list `params` of tensors
         (e.g. `ctx.params()`, or any tensors: features, an algorithm's own
         weights), the function `(params, *args) -> ((loss, aux), grads)`
         (`kdg.backend.value_and_grad`, grads a list). `fn` must be stateless:
         it uses `features`, `classify`, `forward`, `compiled_loss` with
-        explicit values."""
-        grad_fn = backend.value_and_grad(fn)
+        explicit values. `differentiable=True`: the returned values can be
+        differentiated again by an enclosing `value_and_grad` (a penalty on
+        gradients, as IGA's); it costs the memory of the gradients' graph."""
+        grad_fn = backend.value_and_grad(fn, differentiable=differentiable)
 
         def wrapped(params, *args):
             (value, aux), grads = grad_fn(params, *args)

@@ -7,6 +7,15 @@ Each backend module (``jax.py``, ``tensorflow.py``, ``torch.py``, laid out like
   ``(params, *args) -> ((loss, aux), grads)`` where ``params`` is a list of
   tensors and ``grads`` the matching list of gradients. ``fn`` must be a
   stateless function of ``params`` (``model.stateless_call`` inside).
+  ``value_and_grad(fn, differentiable=True)``: gradients (and loss and aux)
+  that an enclosing ``value_and_grad`` can differentiate again, a gradient of
+  a function of gradients (JAX: ``jax.value_and_grad`` composes; TensorFlow:
+  the enclosing ``GradientTape`` records the inner one; PyTorch:
+  ``torch.autograd.grad(create_graph=True)``). Its only users are IGA and the
+  gradient penalty of DANN/CDANN's discriminator; IRM's penalty has a closed
+  form instead. Without it the gradients are meant to be used, not
+  differentiated (PyTorch detaches them; JAX's CPU rewrite of convolutions,
+  ``jax_conv.py``, is applied only then).
 - ``scan(fn, carry, xs)``: ``fn(carry, x) -> (carry, y)`` over the leading
   axis of ``xs``, returning the last carry and the stacked ``y``s (the
   per-domain passes). TensorFlow traces ``fn`` once; JAX unrolls it into the

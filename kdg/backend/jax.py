@@ -18,9 +18,11 @@ from kdg.backend import unrolled
 from kdg.backend.jax_conv import canonical_convolutions
 
 
-def value_and_grad(fn):
+def value_and_grad(fn, differentiable=False):
     grad_fn = jax.value_and_grad(fn, has_aux=True)
-    if jax.default_backend() == "cpu":
+    if jax.default_backend() == "cpu" and not differentiable:
+        # The rewritten program is meant to be evaluated; differentiable
+        # gradients keep JAX's own, whose derivatives JAX knows.
         return canonical_convolutions(grad_fn)
     return grad_fn
 

@@ -4,7 +4,9 @@ import tensorflow as tf
 from keras import ops
 
 
-def value_and_grad(fn):
+def value_and_grad(fn, differentiable=False):
+    # An enclosing tape records the gradient's computation too, so the
+    # gradients are differentiable either way (`differentiable` changes nothing).
     def wrapped(params, *args):
         with tf.GradientTape() as tape:
             tape.watch(params)
