@@ -199,10 +199,14 @@ class DANN(Algorithm):
         return loss, accuracy
 
     def _input_gradient_penalty(self, ctx, weights, h, xent, key):
-        """mean_i ||d(sum_j CE(d(h)_j, l_j)) / d h_i||^2, differentiable."""
-        raise NotImplementedError(
-            "DANN's grad_penalty needs a differentiable gradient (a gradient of a "
-            "gradient), which this kdg does not have yet; set grad_penalty=0.")
+        """mean_i ||d(sum_j CE(d(h)_j, l_j)) / d h_i||^2, itself differentiable
+        (over the discriminator's weights and, through h, the featurizer's)."""
+
+        def summed(inputs):
+            return ops.sum(xent(self.discriminate(weights, inputs[0], key))), None
+
+        _, (grad,) = ctx.value_and_grad(summed, differentiable=True)([h])
+        return ops.mean(ops.sum(ops.square(grad), axis=-1))
 
     def step(self, ctx, x, y):
         num, batch = y.shape[0], y.shape[1]
