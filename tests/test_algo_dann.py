@@ -13,6 +13,7 @@ from conftest import make_data, train_steps
 
 import kdg
 import reference as ref
+from kdg import rng as kdg_rng
 from kdg.algorithms import CDANN, DANN, GGA
 
 F = torch.nn.functional
@@ -69,9 +70,10 @@ def two_layer(algorithm, params=None, disc=None, optimizer=None, seed=0):
 
 
 def dann_reference(params, disc, x, y, steps, conditional, lam, d_steps, gp, beta1,
-                   lr_d, lr_g, wd_d=0.0, wd_g=0.0):
+                   lr_d, lr_g, wd_d=0.0, wd_g=0.0, keeps=None, rate=0.0):
     """Per step: (generator weights, discriminator weights, logs); and the
-    two Adams (Keras' epsilon, betas (beta1, 0.9))."""
+    two Adams (Keras' epsilon, betas (beta1, 0.9)). `keeps[step][i]`: the
+    dropout mask (kept: True) after the discriminator's layer i."""
     num, batch = y.shape
     X = tt(x.reshape(-1, x.shape[-1]))
     Y = torch.as_tensor(y.reshape(-1), dtype=torch.long)
@@ -89,6 +91,8 @@ def dann_reference(params, disc, x, y, steps, conditional, lam, d_steps, gp, bet
         for i in range(layers):
             o = o @ u[2 * i] + u[2 * i + 1]
             if i < layers - 1:
+                if rate:  # PyTorch's dropout with the given mask
+                    o = o * torch.as_tensor(keeps[update_count - 1][i]) / (1 - rate)
                 o = torch.relu(o)
         if conditional:
             counts = F.one_hot(Y).sum(dim=0)
@@ -120,25 +124,38 @@ def moments(optimizer):
             [v for v in optimizer.variables if v.name.endswith("_velocity")])
 
 
-CASES = [  # (class, d_steps_per_g_step, grad_penalty): steps G D G (d=1), D D G (d=2)
-    (DANN, 1, 0.5), (DANN, 2, 0.0), (CDANN, 1, 0.0), (CDANN, 2, 0.5),
+def dropout_keeps(model, steps, rate, n=24, layers=3):
+    """The discriminator's dropout masks of the model's next `steps` steps:
+    U[0, 1) >= rate from the step's key (kdg.rng, the same on every backend),
+    one draw after each of the `layers` linear layers but the last."""
+    copy = keras.random.SeedGenerator(0)
+    copy.state.assign(keras.ops.convert_to_numpy(model.dg_seed_generator.state))
+    keys = [kdg_rng.key_from_seed_generator(copy) for _ in range(steps)]
+    return [[keras.ops.convert_to_numpy(kdg_rng.uniform((n, WIDTH), kdg_rng.fold_in(k, i)))
+             >= rate for i in range(layers - 1)] for k in keys]
+
+
+CASES = [  # (class, d_steps_per_g_step, grad_penalty, mlp_dropout):
+    # steps G D G (d=1), D D G (d=2)
+    (DANN, 1, 0.5, 0.0), (DANN, 2, 0.0, 0.5), (CDANN, 1, 0.0, 0.0), (CDANN, 2, 0.5, 0.5),
 ]
 
 
-@pytest.mark.parametrize("cls, d_steps, gp", CASES, ids=lambda c: getattr(c, "name", c))
-def test_three_steps_match_the_pytorch_reference(cls, d_steps, gp):
+@pytest.mark.parametrize("cls, d_steps, gp, rate", CASES, ids=lambda c: getattr(c, "name", c))
+def test_three_steps_match_the_pytorch_reference(cls, d_steps, gp, rate):
     """The first step is from fixed weights (a generator step for d=1, a
     discriminator step for d=2); weights, discriminator, logs and both Adams'
     moments after each of three steps."""
     x, y = make_data(num_domains=3, batch=8, features=5, classes=4)
     y[0, :2] = 3  # every class present (DomainBed's one_hot width is max(y) + 1)
     hp = dict(lambda_=0.7, d_steps_per_g_step=d_steps, grad_penalty=gp, beta1=0.5,
-              mlp_width=WIDTH, lr_d=0.03, lr_g=0.02, weight_decay_d=0.01, weight_decay_g=0.002)
+              mlp_width=WIDTH, mlp_dropout=rate, lr_d=0.03, lr_g=0.02, weight_decay_d=0.01, weight_decay_g=0.002)
     disc = disc_initial(cls.conditional)
     model = two_layer(cls(**hp), disc=disc)
+    keeps = dropout_keeps(model, 3, rate)
     want, adam_d, adam_g = dann_reference(
         initial(), disc, x, y, 3, cls.conditional, 0.7, d_steps, gp, 0.5, 0.03, 0.02,
-        0.01, 0.002)
+        0.01, 0.002, keeps, rate)
     algo = model.algorithm
     for step, (w, s, logs) in enumerate(want):
         got_logs = train_steps(model, x, y, 1)
