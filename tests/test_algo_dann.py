@@ -183,9 +183,9 @@ def test_defaults_take_the_model_optimizers_learning_rate_and_weight_decay():
     x, y = make_data(num_domains=3, batch=8, features=5, classes=4)
     disc = disc_initial(False)
     model = two_layer(DANN(mlp_width=WIDTH), disc=disc, optimizer=keras.optimizers.Adam(0.04))
-    model.l2_weight_decay = 0.003
+    model.l2_weight_decay = 0.3
     want, _, _ = dann_reference(initial(), disc, x, y, 2, False, 1.0, 1, 0.0, 0.5, 0.04, 0.04,
-                                0.0, 0.003)
+                                0.0, 0.3)
     train_steps(model, x, y, 2)
     for a, b in zip(model.get_weights() + numpy(model.algorithm.discriminator),
                     want[-1][0] + want[-1][1]):
