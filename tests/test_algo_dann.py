@@ -149,7 +149,8 @@ def test_three_steps_match_the_pytorch_reference(cls, d_steps, gp, rate):
     x, y = make_data(num_domains=3, batch=8, features=5, classes=4)
     y[0, :2] = 3  # every class present (DomainBed's one_hot width is max(y) + 1)
     hp = dict(lambda_=0.7, d_steps_per_g_step=d_steps, grad_penalty=gp, beta1=0.5,
-              mlp_width=WIDTH, mlp_dropout=rate, lr_d=0.03, lr_g=0.02, weight_decay_d=0.01, weight_decay_g=0.002)
+              mlp_width=WIDTH, mlp_dropout=rate, lr_d=0.03, lr_g=0.02, weight_decay_d=0.01,
+              weight_decay_g=0.002)
     disc = disc_initial(cls.conditional)
     model = two_layer(cls(**hp), disc=disc)
     keeps = dropout_keeps(model, 3, rate)

@@ -174,7 +174,8 @@ class DANN(Algorithm):
             h = ops.matmul(h, weights[2 * i]) + weights[2 * i + 1]
             if i < layers - 1:
                 if self.mlp_dropout > 0:
-                    keep = kdg_rng.uniform(ops.shape(h), kdg_rng.fold_in(key, i)) >= self.mlp_dropout
+                    draw = kdg_rng.uniform(ops.shape(h), kdg_rng.fold_in(key, i))
+                    keep = draw >= self.mlp_dropout
                     h = ops.where(keep, h / (1.0 - self.mlp_dropout), 0.0)
                 h = ops.relu(h)
         return h
@@ -193,7 +194,8 @@ class DANN(Algorithm):
         else:
             loss = ops.mean(per_example)
         if self.grad_penalty > 0:
-            loss = loss + self.grad_penalty * self._input_gradient_penalty(ctx, weights, h, xent, key)
+            penalty = self._input_gradient_penalty(ctx, weights, h, xent, key)
+            loss = loss + self.grad_penalty * penalty
         hits = ops.equal(ops.cast(ops.argmax(out, axis=-1), "int32"), ops.cast(domains, "int32"))
         accuracy = ops.mean(ops.cast(hits, "float32"))
         return loss, accuracy
