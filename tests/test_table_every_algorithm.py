@@ -106,7 +106,8 @@ def test_every_algorithm_is_tested_or_named_as_an_exception():
 # PyTorch (eager, no compile) runs them all here. All of them passed on all
 # three backends when they were added (2026-12-06).
 OWN_STATE = ("erm", "fish", "gga", "groupdro", "irm", "vrex", "mldg", "mtl", "sagnet", "arm",
-             "selfreg", "fishr")
+             "selfreg", "fishr",
+             "dann", "cdann")
 
 
 def cases():

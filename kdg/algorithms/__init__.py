@@ -12,6 +12,7 @@ from kdg.algorithms.arm import ARM
 from kdg.algorithms.base import Algorithm, StepContext
 from kdg.algorithms.coral import CORAL
 from kdg.algorithms.corgrad import CorGrad
+from kdg.algorithms.dann import CDANN, DANN
 from kdg.algorithms.erm import ERM
 from kdg.algorithms.fish import Fish
 from kdg.algorithms.fishr import Fishr
@@ -66,6 +67,8 @@ ALGORITHMS = {cls.name: cls for cls in (
     SD,
     SelfReg,
     Fishr,
+    DANN,
+    CDANN,
 )}
 
 
@@ -107,8 +110,10 @@ __all__ = [
     "ANDMask",
     "ARM",
     "Algorithm",
+    "CDANN",
     "CORAL",
     "CorGrad",
+    "DANN",
     "ERM",
     "Fish",
     "Fishr",

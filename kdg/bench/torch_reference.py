@@ -113,6 +113,8 @@ __all__ = [
     "MLDG",
     "IGA",
     "Fishr",
+    "DANN",
+    "CDANN",
 ]
 
 
@@ -1198,6 +1200,110 @@ class SelfReg(Algorithm):
 
 
 # --------------------------------------------------------------------------
+# DANN and CDANN (DomainBed's AbstractDANN)
+# --------------------------------------------------------------------------
+
+
+class _MLP(nn.Module):
+    """DomainBed's networks.MLP: Linear, dropout, ReLU; (depth - 2) hidden
+    Linear, dropout, ReLU; Linear."""
+
+    def __init__(self, n_inputs, n_outputs, width, depth, dropout):
+        super().__init__()
+        self.input = nn.Linear(n_inputs, width)
+        self.dropout = nn.Dropout(dropout)
+        self.hiddens = nn.ModuleList([nn.Linear(width, width) for _ in range(depth - 2)])
+        self.output = nn.Linear(width, n_outputs)
+
+    def forward(self, x):
+        x = F.relu(self.dropout(self.input(x)))
+        for hidden in self.hiddens:
+            x = F.relu(self.dropout(hidden(x)))
+        return self.output(x)
+
+
+class DANN(Algorithm):
+    """DomainBed's AbstractDANN: a discriminator MLP on the features with its
+    own Adam, the generator's Adam over the network, alternating steps; the
+    input-gradient penalty computed every step, as DomainBed does (also at
+    grad_penalty 0). ``lr_d``/``lr_g`` None: ``lr``; ``weight_decay_g``
+    None: ``weight_decay`` (as kdg's DANN). The discriminator (one output
+    per domain) is built at the first update."""
+
+    defaults = {"lambda_": 1.0, "d_steps_per_g_step": 1, "grad_penalty": 0.0, "beta1": 0.5,
+                "mlp_width": 256, "mlp_depth": 3, "mlp_dropout": 0.0, "lr_d": None,
+                "lr_g": None, "weight_decay_d": 0.0, "weight_decay_g": None}
+    conditional = class_balance = False
+
+    def new_optimizer(self, params):  # the generator's Adam
+        h = self.hparams
+        wd = h["weight_decay"] if h["weight_decay_g"] is None else h["weight_decay_g"]
+        return torch.optim.Adam(params, lr=h["lr_g"] or h["lr"], weight_decay=wd,
+                                betas=(h["beta1"], 0.9), eps=h["adam_eps"])
+
+    def _build(self, num_domains):
+        h, head = self.hparams, self.network.classifier
+        self.update_count = 0
+        self.discriminator = _MLP(head.in_features, num_domains, h["mlp_width"],
+                                  h["mlp_depth"], h["mlp_dropout"]).to(self.device)
+        self.class_embeddings = nn.Embedding(head.out_features, head.in_features).to(self.device)
+        self.disc_opt = torch.optim.Adam(
+            list(self.discriminator.parameters()) + list(self.class_embeddings.parameters()),
+            lr=h["lr_d"] or h["lr"], weight_decay=h["weight_decay_d"],
+            betas=(h["beta1"], 0.9), eps=h["adam_eps"])
+
+    def _update(self, x, y):
+        if not hasattr(self, "discriminator"):
+            self._build(len(x))
+        h = self.hparams
+        self.update_count += 1
+        all_x, all_y = _cat(x, y)
+        all_z = self.network.featurizer(all_x)
+        if self.conditional:
+            disc_input = all_z + self.class_embeddings(all_y)
+        else:
+            disc_input = all_z
+        disc_out = self.discriminator(disc_input)
+        disc_labels = torch.cat([
+            torch.full((xd.shape[0],), i, dtype=torch.int64, device=self.device)
+            for i, xd in enumerate(x)
+        ])
+        if self.class_balance:
+            y_counts = F.one_hot(all_y).sum(dim=0)
+            weights = 1.0 / (y_counts[all_y] * y_counts.shape[0]).float()
+            disc_loss = F.cross_entropy(disc_out, disc_labels, reduction="none")
+            disc_loss = (weights * disc_loss).sum()
+        else:
+            disc_loss = F.cross_entropy(disc_out, disc_labels)
+        input_grad = torch.autograd.grad(
+            F.cross_entropy(disc_out, disc_labels, reduction="sum"),
+            [disc_input], create_graph=True)[0]
+        grad_penalty = (input_grad ** 2).sum(dim=1).mean(dim=0)
+        disc_loss += h["grad_penalty"] * grad_penalty
+        d_steps_per_g = h["d_steps_per_g_step"]
+        if self.update_count % (1 + d_steps_per_g) < d_steps_per_g:
+            self.disc_opt.zero_grad()
+            disc_loss.backward()
+            self.disc_opt.step()
+            return {"loss": disc_loss.item(), "disc_loss": disc_loss.item()}
+        all_preds = self.network.classifier(all_z)
+        classifier_loss = F.cross_entropy(all_preds, all_y)
+        gen_loss = classifier_loss + (h["lambda_"] * -disc_loss)
+        self.disc_opt.zero_grad()
+        self.optimizer.zero_grad()
+        gen_loss.backward()
+        self.optimizer.step()
+        return {"loss": gen_loss.item(), "gen_loss": gen_loss.item()}
+
+
+class CDANN(DANN):
+    """DomainBed's CDANN: class embeddings added to the discriminator's
+    input, class-balanced discriminator loss."""
+
+    conditional = class_balance = True
+
+
+# --------------------------------------------------------------------------
 # Factory
 # --------------------------------------------------------------------------
 
@@ -1227,6 +1333,8 @@ ALGORITHMS = {
     "sd": SD,
     "selfreg": SelfReg,
     "fishr": Fishr,
+    "dann": DANN,
+    "cdann": CDANN,
 }
 
 

@@ -36,6 +36,7 @@ DIAGNOSTIC_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("GGA: min pairwise cosine before / after annealing", ("gga_cos_before", "gga_cos_after")),
     ("GGA: accepted perturbations", ("gga_accepted",)),
     ("Fishr: gradient-variance penalty", ("fishr_penalty",)),
+    ("DANN / CDANN: the domain discriminator", ("disc_acc", "disc_loss")),
 )
 _LINESTYLES = ("-", "--", ":", "-.")
 
