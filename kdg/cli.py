@@ -42,9 +42,11 @@ def _known_errors():
     """The errors kdg reports in one message; DataError only once kdg.data
     (which imports Keras) is loaded: no DataError comes before."""
     from kdg.recipes import RecipeError
+    from kdg.tf_data import TensorFlowMissing
 
     data = sys.modules.get("kdg.data")
-    return (RecipeError, run_folder.RunError) + ((data.DataError,) if data is not None else ())
+    known = (RecipeError, run_folder.RunError, TensorFlowMissing)
+    return known + ((data.DataError,) if data is not None else ())
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -129,7 +131,7 @@ def _model_input(model) -> tuple | None:
 
 def _resized(dataset, size):
     """Batches (x, y, ...) with the images x resized (bilinear) to `size`."""
-    import tensorflow as tf
+    from kdg.tf_data import tf
 
     return dataset.map(lambda x, *rest: (tf.image.resize(x, size), *rest))
 

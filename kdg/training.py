@@ -315,7 +315,7 @@ def _run_locked(recipe, dataset, model, test_envs, out: Path, say, console) -> d
         with folder.writing(saved):
             folder.atomic_write(saved, recipes.dump(recipe).encode())
 
-    import tensorflow as tf
+    from kdg.tf_data import tf  # TensorBoard
 
     training = recipe.training
     train_envs = [i for i in range(len(dataset.domains)) if i not in test_envs]
