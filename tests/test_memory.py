@@ -21,9 +21,9 @@ def _rss_gb():
 
 def test_host_peak_on_a_machine_without_accelerator():
     """Here every backend computes on the CPU: the host's peak resident size, so labelled."""
-    before = _rss_gb()
     keras.ops.convert_to_numpy(keras.ops.ones((256, 256)) @ keras.ops.ones((256, 256)))
     assert memory.accelerator_peak(BACKEND) is None
+    before = _rss_gb()
     gb, where = memory.peak(BACKEND)
     assert where == "host"
     assert before <= gb <= _rss_gb()
