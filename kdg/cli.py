@@ -15,6 +15,7 @@ import click
 
 from kdg import run_folder
 from kdg.recipes import BACKENDS
+from kdg.tf_data import TensorFlowMissing
 
 
 def _console():
@@ -42,14 +43,23 @@ def _known_errors():
     """The errors kdg reports in one message; DataError only once kdg.data
     (which imports Keras) is loaded: no DataError comes before."""
     from kdg.recipes import RecipeError
-    from kdg.tf_data import TensorFlowMissing
 
     data = sys.modules.get("kdg.data")
-    known = (RecipeError, run_folder.RunError, TensorFlowMissing)
-    return known + ((data.DataError,) if data is not None else ())
+    return (RecipeError, run_folder.RunError) + ((data.DataError,) if data is not None else ())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """kdg's commands; any of them that needs TensorFlow where it is not
+    installed stops with one message naming the extra (kdg.tf_data)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TensorFlowMissing as error:
+            _fail(error)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kdg")
 def main():
     """kdg: domain generalization for Keras 3 (Fish, CorGrad, GGA, GGA-L).
