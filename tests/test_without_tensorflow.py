@@ -106,6 +106,8 @@ def test_features_that_need_tensorflow_say_which_extra_to_install(tmp_path):
     x, y = np.zeros((4, 3), "float32"), np.zeros(4, "int32")
     with pytest.raises(tf_data.TensorFlowMissing, match=r'pip install "kdg\[tensorflow\]"'):
         next(iter(kdg.data.domain_batches([(x, y), (x, y)], batch_size=2)))
+    with pytest.raises(tf_data.TensorFlowMissing, match=r"keras-hub.*kdg\[tensorflow\]"):
+        kdg.models.build("resnet18", 3, (32, 32, 3), pretrained=False)
     result = _kdg("train", str(REPO / "recipes" / "quickstart.yaml"), "--quiet",
                   "--set", f"output_dir={tmp_path / 'run'}", cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]
