@@ -15,16 +15,16 @@ import keras
 from keras import ops
 
 from kdg.backend import unrolled
-from kdg.backend.jax_conv import canonical_convolutions
+from kdg.backend.jax_conv import for_platform
 
 
 def value_and_grad(fn, differentiable=False):
     grad_fn = jax.value_and_grad(fn, has_aux=True)
-    if jax.default_backend() == "cpu" and not differentiable:
-        # The rewritten program is meant to be evaluated; differentiable
+    if differentiable:
+        # The CPU rewrite's program is meant to be evaluated; differentiable
         # gradients keep JAX's own, whose derivatives JAX knows.
-        return canonical_convolutions(grad_fn)
-    return grad_fn
+        return grad_fn
+    return for_platform(grad_fn, jax.default_backend())
 
 
 def _scoped(fn, variables):
