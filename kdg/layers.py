@@ -15,6 +15,7 @@ model's input (`kdg.models.build(..., arm_context=True)`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import keras
@@ -208,9 +209,12 @@ class ARMContext(keras.layers.Layer):
     padding, PyTorch's initialisation and BatchNorm (`TorchBatchNorm`, in
     training mode whenever the model trains, even with ``freeze_bn``).
 
-    The support set: in training ``ARM`` calls the model once per domain,
-    so each domain's minibatch is one support set; in ``evaluate`` /
-    ``predict`` it is each evaluation batch (``eval_batch_size``).
+    The support set: in training ``ARM`` calls the model once on the D
+    domains' concatenated minibatches (DomainBed's ``ARM.update``) inside
+    `support_sets(D)`, so each domain's minibatch is one support set while
+    the context network's BatchNorm normalizes the whole batch; in
+    ``evaluate`` / ``predict`` it is each evaluation batch
+    (``eval_batch_size``).
 
     Args:
         hidden: channels of the two hidden convolutions (DomainBed: 64).
@@ -228,6 +232,7 @@ class ARMContext(keras.layers.Layer):
             raise ValueError(
                 "ARMContext takes hidden >= 1 channels and an odd kernel_size (DomainBed: "
                 f"64 and 5); given hidden={hidden!r}, kernel_size={kernel_size!r}.")
+        self._support_sets = None  # None: the batch is one support set
 
     def build(self, input_shape):
         if len(input_shape) != 4 or input_shape[-1] is None:
@@ -255,9 +260,27 @@ class ARMContext(keras.layers.Layer):
         x = ops.relu(self.norm2(self.conv2(x), training=training))
         return self.conv3(x)
 
+    @contextlib.contextmanager
+    def support_sets(self, count):
+        """Within the block, a batch the layer is called on is ``count``
+        support sets of equal size, one after the other (ARM's training pass
+        on the domains' concatenated minibatches); outside it, and after it,
+        the whole batch is one. It is read when the call is traced (JAX,
+        tf.function) or run (torch), so ARM wraps its step's forward in it."""
+        self._support_sets = int(count)
+        try:
+            yield
+        finally:
+            self._support_sets = None
+
     def call(self, inputs, training=None):
-        context = ops.mean(self.context(inputs, training=training), axis=0, keepdims=True)
-        return ops.concatenate([inputs, ops.zeros_like(inputs[..., :1]) + context], axis=-1)
+        maps = self.context(inputs, training=training)
+        if not self._support_sets:
+            context = ops.mean(maps, axis=0, keepdims=True)
+            return ops.concatenate([inputs, ops.zeros_like(maps) + context], axis=-1)
+        sets = ops.reshape(maps, (self._support_sets, -1) + tuple(ops.shape(maps)[1:]))
+        context = ops.zeros_like(sets) + ops.mean(sets, axis=1, keepdims=True)
+        return ops.concatenate([inputs, ops.reshape(context, ops.shape(maps))], axis=-1)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (input_shape[-1] + 1,)

@@ -64,7 +64,9 @@ class Reference:
         self.stats = [torch.zeros(HIDDEN, dtype=torch.float64), torch.ones(HIDDEN, dtype=torch.float64),
                       torch.zeros(HIDDEN, dtype=torch.float64), torch.ones(HIDDEN, dtype=torch.float64)]
 
-    def logits(self, x, training):
+    def logits(self, x, training, sets=1):
+        """The model on x (N, H, W, C): the context network in one pass on all
+        N images, its map averaged over each of `sets` consecutive support sets."""
         c1k, c1b, g1, b1, c2k, c2b, g2, b2, c3k, c3b, fk, fb, hk, hb = self.w
         conv = lambda t, k, b: F.conv2d(t, k.permute(3, 2, 0, 1).contiguous(), b, padding=K // 2)
         bn = lambda t, i, g, b: F.batch_norm(t, self.stats[i], self.stats[i + 1], g, b,
@@ -72,14 +74,18 @@ class Reference:
         nchw = tt(x).permute(0, 3, 1, 2)
         c = F.relu(bn(conv(nchw, c1k, c1b), 0, g1, b1))
         c = F.relu(bn(conv(c, c2k, c2b), 2, g2, b2))
-        context = conv(c, c3k, c3b).mean(0, keepdim=True).expand(len(x), -1, -1, -1)
+        maps = conv(c, c3k, c3b)
+        context = maps.reshape(sets, -1, *maps.shape[1:]).mean(1, keepdim=True)
+        context = context.expand(-1, len(x) // sets, -1, -1, -1).reshape(maps.shape)
         h = torch.cat([nchw, context], 1).permute(0, 2, 3, 1).reshape(len(x), -1)  # NHWC flatten
         return torch.tanh(h @ fk + fb) @ hk + hb
 
     def step(self, x, y, train_context):
-        # one pass per domain (each its own support set), the mean of the domains' losses
-        loss = sum(F.cross_entropy(self.logits(x[d], True), torch.as_tensor(y[d]).long())
-                   for d in range(len(x))) / len(x)
+        # DomainBed's ARM.update: one pass on the D*B images (BatchNorm over the whole
+        # batch), each domain's B images a support set, the mean CE over the D*B examples
+        flat = np.reshape(x, (-1,) + x.shape[2:])
+        loss = F.cross_entropy(self.logits(flat, True, sets=len(x)),
+                               torch.as_tensor(np.reshape(y, -1)).long())
         grads = torch.autograd.grad(loss, self.w)
         first = 0 if train_context else 10  # the context net is w[:10]
         self.w = [(p - LR * (g + WD * p) if i >= first else p).detach().requires_grad_()
@@ -105,7 +111,7 @@ def test_three_steps_and_prediction_match_the_pytorch_reference(train_context):
             np.testing.assert_allclose(a, b, **TOL, err_msg=f"step {step}")
         stats = numpy([layer.norm1.moving_mean, layer.norm1.moving_variance,
                        layer.norm2.moving_mean, layer.norm2.moving_variance])
-        for a, b in zip(stats, ref.stats):  # PyTorch's running statistics, 3 domains a step
+        for a, b in zip(stats, ref.stats):  # PyTorch's running statistics, once a step
             np.testing.assert_allclose(a, b.numpy(), **TOL, err_msg=f"step {step}")
     moved = [np.abs(a - b).max() for a, b in zip(numpy(model.trainable_variables), start)]
     assert (min(moved[:10]) > 0) == train_context and min(moved[10:]) > 0

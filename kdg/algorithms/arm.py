@@ -8,12 +8,16 @@ set* and the mean is appended to every image of the set as an extra channel
 before the featurizer. The support set is the batch the layer is called on:
 
 - training: DomainBed's ``support_size`` is the per-domain batch size, so
-  each domain's minibatch is one support set. Per step, one forward pass
-  per domain d on its minibatch (x_d, y_d):
+  each domain's minibatch is one support set. Per step, DomainBed's
+  ``ARM.update`` (ERM's update): ONE forward pass on the D domains'
+  concatenated minibatches (D*B examples; the context network's BatchNorm,
+  and the featurizer's, normalize the whole batch and update their moving
+  statistics once), the context averaged over each domain's B images
+  (`ARMContext.support_sets`), and
 
-      loss = (1/D) sum_d CE(model(x_d), y_d)      (the mean over the D*B examples)
+      loss = (1/(D*B)) sum_{d,b} CE(model(x)_{d,b}, y_{d,b})
 
-  and one step of the model's optimizer.
+  with one step of the model's optimizer.
 - evaluation (``evaluate`` / ``predict``): each evaluation batch is one
   support set (DomainBed cuts its evaluation batches of 64 into support sets
   of ``batch_size``; set kdg's ``eval_batch_size`` to the training
@@ -29,10 +33,10 @@ statistics. ``train_context=True``
 trains it with the rest of the model (the paper's ARM-CML).
 """
 
-from keras import ops
+import contextlib
 
 from kdg.algorithms import own
-from kdg.algorithms.base import Algorithm, flag
+from kdg.algorithms.base import Algorithm, flag, flatten_domains
 
 
 class ARM(Algorithm):
@@ -60,12 +64,17 @@ class ARM(Algorithm):
                 "{arm_context: true}), or put kdg.layers.ARMContext() on your images "
                 "before your network."
             )
+        self._layers = layers
         self._context_ids = {id(v) for layer in layers for v in layer.trainable_variables}
 
     def step(self, ctx, x, y):
-        losses, grads, y_pred, state = ctx.domain_grads(x, y)
+        # one pass on the (D*B, ...) batch, each domain's B images a support set
+        with contextlib.ExitStack() as sets:
+            for layer in self._layers:
+                sets.enter_context(layer.support_sets(x.shape[0]))
+            loss, grads, y_pred, state = ctx.loss_and_grads(
+                flatten_domains(x), flatten_domains(y))
         ctx.set_state(state)
-        grads = [ops.mean(g, axis=0) for g in grads]
         if self.train_context:
             ctx.apply(grads)
         else:  # DomainBed's optimizer never sees the context network
@@ -73,7 +82,7 @@ class ARM(Algorithm):
                     if id(v) not in self._context_ids]
             own.apply(ctx.model, ctx.optimizer, [grads[i] for i in keep],
                       [ctx.trainable_variables[i] for i in keep])
-        return {"loss": ops.mean(losses)}, y_pred
+        return {"loss": loss}, y_pred
 
     def get_config(self):
         return {"train_context": self.train_context}

@@ -144,7 +144,7 @@ def numpy_pairs(draws):
 SHAPE, HIDDEN, K = (4, 4, 1), 8, 3
 
 
-def arm_model():
+def arm_model(num_domains=1):
     inputs = keras.Input(SHAPE)
     h = ARMContext(hidden=HIDDEN, kernel_size=K, name="arm_context")(inputs)
     h = keras.layers.Flatten()(h)
@@ -154,7 +154,7 @@ def arm_model():
     rng = np.random.default_rng(1)
     for v in model.trainable_variables:
         v.assign(rng.normal(scale=0.2, size=v.shape).astype("float32"))
-    return compiled(model, num_domains=1)
+    return compiled(model, num_domains=num_domains)
 
 
 def torch_arm(model):
@@ -173,13 +173,15 @@ def torch_arm(model):
     return algo, net
 
 
-def test_arm_reference_steps_as_kdg_arm_on_one_domain():
-    """One training domain: one support set, DomainBed's single pass is
-    kdg's per-domain pass (with D > 1 the context network's BatchNorm sees
-    the whole batch in DomainBed, each domain's in kdg: see the next test)."""
-    x, y = make_data(num_domains=1, batch=6, features=16, classes=3)
-    x = x.reshape((1, 6) + SHAPE)
-    model = arm_model()
+@pytest.mark.parametrize("num_domains", [1, 3])
+def test_arm_reference_steps_as_kdg_arm(num_domains):
+    """One and three training domains: DomainBed's single pass on the D*B
+    images (the ContextNet's BatchNorm over the whole batch, its running
+    statistics updated once a step), each domain's minibatch a support set,
+    is kdg's step."""
+    x, y = make_data(num_domains=num_domains, batch=6, features=16, classes=3)
+    x = x.reshape((num_domains, 6) + SHAPE)
+    model = arm_model(num_domains)
     algo, net = torch_arm(model)
     context = numpy(model.trainable_variables[:10])
     layer = model.get_layer("arm_context")
