@@ -41,6 +41,11 @@ from kdg.bench import measure, suite  # noqa: E402
 
 #: checked first, so that a time limit cuts the least important ones
 FIRST = ("erm", "fish", "corgrad", "ggal", "gga")
+#: algorithms whose network draws from Keras' random ops (MixStyle's layer):
+#: on PyTorch those draw from a generator of the device, and the CPU's and
+#: CUDA's give different numbers for one seed; their difference is reported,
+#: not judged (kdg's own draws, `kdg.rng`, are the same on every device)
+KERAS_RANDOM = ("mixstyle",)
 
 
 def set_precision(precision):
@@ -59,7 +64,7 @@ def set_precision(precision):
         torch.backends.cudnn.allow_tf32 = False
 
 
-def build(name, image_size, seed, trials, domains):
+def build(name, image_size, seed, trials, domains, backbone="mnist_cnn"):
     """Algorithm `name` on DomainBed's MNIST CNN (MixStyle, whose layers go
     after a ResNet's stages, on a small convolutional net with one MixStyle
     layer), compiled with SGD, its variables (the algorithm's too) built."""
@@ -80,7 +85,7 @@ def build(name, image_size, seed, trials, domains):
         outputs = keras.layers.Dense(10, name="classifier")(features)
         model = kdg.DGModel(inputs, outputs, algorithm=algorithm, seed=seed)
     else:
-        model = kdg.models.build("mnist_cnn", 10, (image_size, image_size, 1),
+        model = kdg.models.build(backbone, 10, (image_size, image_size, 1),
                                  pretrained=False, algorithm=algorithm, seed=seed,
                                  **suite.model_options(name))
     model.num_domains = domains
@@ -106,7 +111,7 @@ def placement(variable):
 def run_on(device, name, args, x, y, values=None):
     """(values after the steps, losses, placement, values before) on `device`."""
     with keras.device(device):
-        model = build(name, args.image_size, args.seed, args.trials, args.domains)
+        model = build(name, args.image_size, args.seed, args.trials, args.domains, args.model)
         variables = state(model)
         if values is not None:
             if len(values) != len(variables):
@@ -133,15 +138,18 @@ def check(name, args, x, y):
     worst = int(np.argmax(diffs)) if diffs else 0
     max_diff = max(diffs) if diffs else 0.0
     finite = all(np.isfinite(v).all() for v in after_a + after_b)
+    kinds = {d.split(":")[0] for d in args.devices}
+    judged = not (keras.backend.backend() == "torch" and len(kinds) > 1 and name in KERAS_RANDOM)
     return {
+        "judged": judged,
         "max_abs_diff": max_diff,
         "worst_variable": worst,
         "variables": len(diffs),
         "max_abs_value": max(float(np.max(np.abs(a))) if a.size else 0.0 for a in after_a),
-        "loss": [loss_a, loss_b],
+        "loss": [loss_a[-1], loss_b[-1]],  # the last step's
         "placed": [where_a, where_b],
         "finite": bool(finite),
-        "ok": bool(finite and max_diff <= args.tol),
+        "ok": bool(finite and (max_diff <= args.tol or not judged)),
     }
 
 
@@ -164,11 +172,17 @@ def markdown(result):
             lines.append(f"| {name} | not run: {record['skipped']} | | | - | |")
         else:
             lines.append(f"| {name} | {record['max_abs_diff']:.2e} | {record['loss'][0]:.6f} "
-                         f"| {record['loss'][1]:.6f} | {'yes' if record['ok'] else 'FAIL'} "
+                         f"| {record['loss'][1]:.6f} | {verdict(record)} "
                          f"| {record['seconds']:.1f} |")
     placed = {tuple(r["placed"]) for r in result["algorithms"].values() if "placed" in r}
     lines += ["", f"variables placed on: {'; '.join(' vs '.join(p) for p in sorted(placed))}", ""]
     return "\n".join(lines)
+
+
+def verdict(record):
+    if not record.get("judged", True):
+        return "not judged (PyTorch draws Keras' random numbers per device type)"
+    return "yes" if record["ok"] else "FAIL"
 
 
 def write(path, result):
@@ -186,6 +200,8 @@ def main(argv=None):
     parser.add_argument("--markdown", help="append the table to this file")
     parser.add_argument("--algorithm", action="append", dest="algorithms",
                         help="registry name (repeatable; default: every algorithm)")
+    parser.add_argument("--model", choices=("mnist_cnn", "mlp"), default="mnist_cnn",
+                        help="the network (mlp: the fastest to compile, for tests)")
     parser.add_argument("--image-size", type=int, default=14)
     parser.add_argument("--domains", type=int, default=3)
     parser.add_argument("--batch", type=int, default=4)
@@ -211,7 +227,7 @@ def main(argv=None):
     x, y = measure.make_batch(args.domains, args.batch, args.image_size, 1, 10, args.seed)
     x, y = layout.interleave_domains((x, y))
     result = {"backend": keras.backend.backend(), "devices": args.devices,
-              "model": f"mnist_cnn {args.image_size}x{args.image_size}",
+              "model": f"{args.model} {args.image_size}x{args.image_size}",
               "domains": args.domains, "batch": args.batch, "steps": args.steps,
               "precision": args.precision, "tol": args.tol, "perturb": args.perturb,
               "algorithms": {}}
