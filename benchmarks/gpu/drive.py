@@ -132,8 +132,8 @@ def run(cmd, env, seconds):
 
 def scenario(args, algorithms, **extra):
     if args.small:
-        config = suite.scenario("mnist_cnn", domains=3, batch=8, algorithms=algorithms,
-                                repeats=3, warmup=1, gga_repeats=2, **extra)
+        config = suite.scenario("mnist_cnn", domains=3, batch=4, algorithms=algorithms,
+                                repeats=2, warmup=1, gga_repeats=2, **extra)
     else:
         config = suite.scenario("resnet50", image_size=224, domains=3, batch=32,
                                 algorithms=algorithms, repeats=args.repeats, warmup=2,
