@@ -49,18 +49,19 @@ def test_a_different_weight_is_caught(tmp_path):
 def test_bench_groups_merge_into_one_table():
     core = {"algorithms": ["erm", "fish"], "labels": {"erm": "ERM", "fish": "Fish"}, "model": "m"}
     rest = {"algorithms": ["mixup"], "labels": {"mixup": "Mixup"}, "model": "m"}
-    record = lambda *names: {"runner": "jax", "device": "gpu",  # noqa: E731
-                             "algorithms": {n: {"median_s": 1.0, "name": n} for n in names}}
+    record = lambda group, *names: {"runner": "jax", "device": "gpu",  # noqa: E731
+                                    "algorithms": {n: {"group": group} for n in names}}
     entry, notes = drive.merged([
-        (core, "jax", record("erm", "fish")),
-        (core, "torch", record("erm", "fish")),
+        (core, "jax", record(1, "erm", "fish")),
+        (core, "torch", record(1, "erm", "fish")),
         (rest, "jax", {"runner": "jax", "error": "timed out after 60 s"}),
-        (rest, "torch", record("mixup", "erm")),  # a second ERM: the first one stays
+        (rest, "torch", record(2, "mixup", "erm")),  # a second ERM: the first one stays
     ])
     assert entry["config"]["algorithms"] == ["erm", "fish", "mixup"]
     assert set(entry["config"]["labels"]) == {"erm", "fish", "mixup"}
     assert list(entry["runs"]["jax"]["algorithms"]) == ["erm", "fish"]
     assert list(entry["runs"]["torch"]["algorithms"]) == ["erm", "fish", "mixup"]
+    assert entry["runs"]["torch"]["algorithms"]["erm"]["group"] == 1
     assert notes == ["jax, mixup: timed out after 60 s"]
     only_failed, notes = drive.merged([(rest, "jax", {"runner": "jax", "error": "exit 1"})])
     assert "error" in only_failed["runs"]["jax"] and len(notes) == 1
