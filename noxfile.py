@@ -97,6 +97,24 @@ def _tests(session, backend):
     )
 
 
+@nox.session(name="tests-notf")
+def tests_notf(session):
+    """kdg with JAX and PyTorch but no TensorFlow (as on the GPU machines):
+    tests/test_without_tensorflow.py on both backends. KDG_WITHOUT_TENSORFLOW
+    makes that file fail, not skip, if TensorFlow is importable."""
+    session.install(*cpu_install("jax,torch,test"))
+    listed = session.run("pip", "list", "--format=json", silent=True)
+    present = sorted(p["name"] for p in json.loads(listed)
+                     if p["name"].lower().startswith(("tensorflow", "tf-", "tensorboard")))
+    if present:
+        session.error(f"{cpu_install('jax,torch,test')} installed {', '.join(present)}")
+    for backend in ("jax", "torch"):
+        session.run(
+            "pytest", "-p", "no:cacheprovider", "tests/test_without_tensorflow.py",
+            *session.posargs, env={"KERAS_BACKEND": backend, "KDG_WITHOUT_TENSORFLOW": "1"},
+        )
+
+
 for _backend in BACKENDS:
     nox.session(name=f"tests-{_backend}")(
         lambda session, backend=_backend: _tests(session, backend)

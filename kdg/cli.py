@@ -15,6 +15,7 @@ import click
 
 from kdg import run_folder
 from kdg.recipes import BACKENDS
+from kdg.tf_data import TensorFlowMissing
 
 
 def _console():
@@ -47,7 +48,18 @@ def _known_errors():
     return (RecipeError, run_folder.RunError) + ((data.DataError,) if data is not None else ())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """kdg's commands; any of them that needs TensorFlow where it is not
+    installed stops with one message naming the extra (kdg.tf_data)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TensorFlowMissing as error:
+            _fail(error)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kdg")
 def main():
     """kdg: domain generalization for Keras 3 (Fish, CorGrad, GGA, GGA-L).
@@ -129,7 +141,7 @@ def _model_input(model) -> tuple | None:
 
 def _resized(dataset, size):
     """Batches (x, y, ...) with the images x resized (bilinear) to `size`."""
-    import tensorflow as tf
+    from kdg.tf_data import tf
 
     return dataset.map(lambda x, *rest: (tf.image.resize(x, size), *rest))
 

@@ -24,14 +24,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from kdg import recipes
+from kdg import memory, recipes
 from kdg import run_folder as folder
 from kdg.run_folder import CHECKPOINT, RunError
 
@@ -81,10 +80,6 @@ def load_checkpoint(model, path: Path) -> tuple[int, dict]:
     for v, value in zip(variables, values):
         v.assign(value)
     return step, extra
-
-
-def _peak_memory_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def build_model(recipe: recipes.Recipe, dataset, num_domains: int | None = None):
@@ -315,7 +310,9 @@ def _run_locked(recipe, dataset, model, test_envs, out: Path, say, console) -> d
         with folder.writing(saved):
             folder.atomic_write(saved, recipes.dump(recipe).encode())
 
-    import tensorflow as tf
+    import keras
+
+    from kdg.tf_data import tf  # TensorBoard
 
     training = recipe.training
     train_envs = [i for i in range(len(dataset.domains)) if i not in test_envs]
@@ -380,8 +377,9 @@ def _run_locked(recipe, dataset, model, test_envs, out: Path, say, console) -> d
                     finite = [v for v in values if not math.isnan(v)]
                     record[key] = (sum(finite) / len(finite)) if finite else None
                 record.update(evaluate(model, dataset, training.eval_batch_size))
-                record.update(step_time=step_time, mem_gb=_peak_memory_gb(), args=args,
-                              hparams=params)
+                mem_gb, mem_device = memory.peak(keras.backend.backend())
+                record.update(step_time=step_time, mem_gb=mem_gb, mem_device=mem_device,
+                              args=args, hparams=params)
                 with folder.writing(results_path, resume):
                     folder.append_line(results_path, json.dumps(record))
                 with writer.as_default(step=step):

@@ -58,6 +58,7 @@ def test_train_writes_a_complete_run_and_eval_reads_it(tmp_path):
     for key in ("loss", "gga_cos_before", "gga_cos_after", "gga_accepted"):
         assert key in last
     assert last["args"]["test_envs"] == [3, 4, 5] and last["args"]["algorithm"] == "gga"
+    assert last["mem_device"] == "host"  # kdg.memory: no accelerator on this machine
     assert last["hparams"]["lr"] == 0.001
     again = kdg("train", str(path))
     assert again.returncode == 0 and "nothing to do" in again.stdout

@@ -18,7 +18,7 @@ else:
     import keras
 
     from kdg import backend
-    from kdg.backend.jax_conv import canonical_convolutions
+    from kdg.backend.jax_conv import canonical_convolutions, for_platform
 
 CANONICAL = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
 
@@ -135,3 +135,23 @@ def test_keras_model_gradients_through_the_backend_seam():
     layouts = conv_layouts(backend.value_and_grad(loss), params, state, x, y)
     # Two forward passes, two weight gradients, the second one's input gradient.
     assert len(layouts) == 5 and set(layouts) == {CANONICAL}
+
+
+@pytest.mark.parametrize("platform", ["gpu", "cuda", "rocm", "tpu"])
+def test_the_rewrite_is_off_on_accelerators(platform):
+    """Keyed on the CPU platform (what backend.value_and_grad passes it:
+    jax.default_backend()): on a GPU or TPU the gradient function is JAX's
+    own, its convolutions left in the layouts JAX wrote; on the CPU they are
+    rewritten."""
+    x = jnp.ones((2, 3, 8, 8))
+    w = jnp.ones((4, 3, 3, 3))
+
+    def loss(w, x):
+        return jnp.sum(jax.lax.conv(x, w, (1, 1), "SAME") ** 2), ()
+
+    grad = jax.value_and_grad(loss, has_aux=True)
+    assert for_platform(grad, platform) is grad
+    assert set(conv_layouts(grad, w, x)) != {CANONICAL}
+    assert set(conv_layouts(for_platform(grad, "cpu"), w, x)) == {CANONICAL}
+    assert jax.default_backend() == "cpu" and set(
+        conv_layouts(backend.value_and_grad(loss), w, x)) == {CANONICAL}

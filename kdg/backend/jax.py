@@ -15,14 +15,11 @@ import keras
 from keras import ops
 
 from kdg.backend import unrolled
-from kdg.backend.jax_conv import canonical_convolutions
+from kdg.backend.jax_conv import for_platform
 
 
 def value_and_grad(fn):
-    grad_fn = jax.value_and_grad(fn, has_aux=True)
-    if jax.default_backend() == "cpu":
-        return canonical_convolutions(grad_fn)
-    return grad_fn
+    return for_platform(jax.value_and_grad(fn, has_aux=True), jax.default_backend())
 
 
 def _scoped(fn, variables):

@@ -31,6 +31,13 @@ _CALLS = {
 }
 
 
+def for_platform(grad_fn, platform: str):
+    """`grad_fn` with its convolutions rewritten (:func:`canonical_convolutions`)
+    on the CPU, where XLA:CPU needs it; unchanged on any other platform (GPU,
+    TPU: their convolution libraries choose their own layouts)."""
+    return canonical_convolutions(grad_fn) if platform == "cpu" else grad_fn
+
+
 def canonical_convolutions(fn):
     """``fn`` with its convolutions (and its calls') in NHWC / HWIO layout."""
 

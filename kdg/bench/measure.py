@@ -161,7 +161,7 @@ def repeats_of(name, config):
     return int(config["warmup"]), int(config["repeats"])
 
 
-def time_algorithms(names, prepare, config, memory_steps=2):
+def time_algorithms(names, prepare, config, memory_steps=2, backend=None):
     """Time each algorithm's step: the protocol of both workers.
 
     `prepare(name)` builds the algorithm's model and returns `step`, a
@@ -186,7 +186,13 @@ def time_algorithms(names, prepare, config, memory_steps=2):
     `summarize`, `first_step_s` (the median of the N first steps, each in
     `first_steps_s`), `compile_s` (that median less the median step, the
     same for each first step in `compiles_s`), the memory and the losses
-    seen."""
+    seen. With `backend` (the framework that trains: "jax", "tensorflow",
+    "torch"), the accelerator's peak during those steps too, where it
+    trains on one (`kdg.memory`): `device_peak_mb` and `memory_device`
+    ("gpu"; "host" and None on the CPU), `device_peak_reset` False where the
+    framework cannot reset its peak (JAX: the process's peak so far)."""
+    from kdg import memory  # imports no framework the process has not loaded
+
     steps, records, losses = {}, {}, {}
     for name in names:
         warmup, _ = repeats_of(name, config)
@@ -195,8 +201,10 @@ def time_algorithms(names, prepare, config, memory_steps=2):
         first, loss = time_call(step)
         losses[name] = [loss] + [step() for _ in range(warmup)]
         reset_peak()
+        device_reset = memory.reset_accelerator_peak(backend) if backend else False
         losses[name] += [step() for _ in range(memory_steps)]
         peak = peak_mb()
+        device = memory.accelerator_peak(backend) if backend else None
         steps[name] = step
         records[name] = {
             "algorithm": name,
@@ -204,6 +212,9 @@ def time_algorithms(names, prepare, config, memory_steps=2):
             "base_rss_mb": base,
             "peak_rss_mb": peak,
             "peak_over_base_mb": None if peak is None or base is None else peak - base,
+            "memory_device": memory.HOST if device is None else device[1],
+            "device_peak_mb": None if device is None else device[0] / 2**20,
+            "device_peak_reset": device_reset,
         }
     times = {name: [] for name in names}
     rounds = max(repeats_of(name, config)[1] for name in names)

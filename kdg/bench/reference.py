@@ -191,7 +191,8 @@ def run(config):
 
     missing = [n for n in names if not has_reference(n, ref)]
     present = [n for n in names if n not in missing]
-    result["algorithms"] = measure.time_algorithms(present, make_step, config) if present else {}
+    result["algorithms"] = measure.time_algorithms(present, make_step, config,
+                                                     backend="torch") if present else {}
     result["algorithms"].update({n: {"algorithm": n, "no_reference": True} for n in missing})
     if "gga" in result["algorithms"]:
         result["algorithms"]["gga"]["trials"] = int(config["gga_trials"])

@@ -244,7 +244,8 @@ def run(config):
         model = models[name] = build_model(config, make_algorithm(name, config))
         return lambda: float(model.train_on_batch(x, y, return_dict=True)["loss"])
 
-    result["algorithms"] = measure.time_algorithms(names, prepare, config)
+    result["algorithms"] = measure.time_algorithms(names, prepare, config,
+                                                   backend=keras.backend.backend())
     any_model = next(iter(models.values()))
     result["params"] = sum(int(np.prod(v.shape)) for v in any_model.trainable_variables)
     result["param_mb"] = result["params"] * 4 / 2 ** 20

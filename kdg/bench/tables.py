@@ -149,6 +149,34 @@ def problems(results, algorithms=None, runners=None):
     return out
 
 
+def _device_memory(runs, ok, names, labelled):
+    """The accelerator's peak memory table (`kdg.memory`), for the runners
+    that trained on one; nothing when none did."""
+    on_device = [r for r in ok if any(_ok(rec.get("device_peak_mb"))
+                                      for rec in runs[r].get("algorithms", {}).values())]
+    if not on_device:
+        return []
+    rows = []
+    for name in names:
+        row = [labelled[name]]
+        for r in on_device:
+            rec, erm = _alg(runs[r], name), _alg(runs[r], "erm")
+            if not rec or not _ok(rec.get("device_peak_mb")):
+                row.append("–")
+                continue
+            cell = _mb(rec["device_peak_mb"]) + ("" if rec.get("device_peak_reset") else "*")
+            if name != "erm" and erm and _ok(erm.get("device_peak_mb")):
+                cell += f" ({_x(ratio(rec['device_peak_mb'], erm['device_peak_mb']))})"
+            row.append(cell)
+        rows.append(row)
+    return ["\n**Peak accelerator memory during the timed steps, MB** (what the framework "
+            "allocated on the device: torch.cuda.max_memory_allocated, JAX's "
+            "peak_bytes_in_use, TensorFlow's get_memory_info peak; in brackets: the ratio to "
+            "ERM's; *: the framework cannot reset its peak (JAX), so the figure is the "
+            "process's peak up to the end of that algorithm's steps: compare ERM's with a run of "
+            "one algorithm, --algorithm)\n", _table(["algorithm"] + on_device, rows)]
+
+
 def targets(entry):
     """[(target, where, value, passed)] for one scenario (passed None: no
     verdict, reported only)."""
@@ -330,6 +358,7 @@ def scenario_markdown(entry):
             row.append(cell)
         rows.append(row)
     out.append(_table(["algorithm"] + ok, rows))
+    out.extend(_device_memory(runs, ok, names, labelled))
 
     gga_rows = []
     for r in ok:

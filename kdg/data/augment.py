@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
-import tensorflow as tf
+from kdg.tf_data import tf
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -24,7 +24,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-import tensorflow as tf
+from kdg.tf_data import tf
 
 from kdg.data.mnist import colored_environments, rotated_environments
 from kdg.data.registry import COLOR_FLIP_PROBABILITIES, ROTATIONS

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
+from kdg.tf_data import tf
 
 from kdg.data.pipeline import EncodedSource, decode_image
 

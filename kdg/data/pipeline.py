@@ -25,7 +25,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
-import tensorflow as tf
+from kdg.tf_data import tf
 
 from kdg.data.augment import (
     ImagePolicy,
@@ -38,7 +38,7 @@ from kdg.data.errors import CorruptImageError
 from kdg.data.splits import Split, seed_hash
 from kdg.layout import _interleave
 
-AUTOTUNE = tf.data.AUTOTUNE
+AUTOTUNE = -1  # tf.data.AUTOTUNE, without importing TensorFlow
 
 
 def decode_image(data: tf.Tensor) -> tf.Tensor:

@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-import tensorflow as tf
+from kdg.tf_data import INSTALL, TensorFlowMissing, tf
 
 from kdg.data.errors import DatasetNotFoundError
 from kdg.data.pipeline import EncodedSource
@@ -79,7 +79,13 @@ def load_domainnet_tfds(root: str | os.PathLike, domains: Sequence[str], *,
 
     Returns one source per domain and the sorted class names.
     """
-    import tensorflow_datasets as tfds
+    try:
+        import tensorflow_datasets as tfds
+    except ModuleNotFoundError as error:
+        if error.name != "tensorflow_datasets":
+            raise
+        raise TensorFlowMissing("DomainNetTFDS needs tensorflow-datasets, which is not "
+                                f"installed. Install it with: {INSTALL}") from None
 
     sources, classes = [], ()
     for domain in domains:

@@ -172,7 +172,17 @@ def insert_mixstyle(backbone, name, stages, *, p=0.5, alpha=0.1):
 
 
 def _resnet(name, input_shape, *, pretrained=True, preset_dir=None):
-    import keras_hub
+    try:
+        import keras_hub
+    except ModuleNotFoundError as error:
+        if error.name != "keras_hub":
+            raise
+        from kdg.tf_data import INSTALL, TensorFlowMissing
+
+        raise TensorFlowMissing(
+            f"the {name} backbone comes from keras-hub, which is not installed (it requires "
+            f"tensorflow-text, hence TensorFlow, on Linux). Install it with: {INSTALL}"
+        ) from None
 
     input_shape = tuple(input_shape)
     if not pretrained:

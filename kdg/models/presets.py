@@ -66,7 +66,7 @@ def hub_presets() -> dict:
     """keras-hub's built-in backbone presets (name -> metadata)."""
     try:
         import keras_hub
-    except ImportError:  # pragma: no cover - keras-hub is a dependency
+    except ImportError:  # keras-hub comes with the extra `tensorflow`
         return {}
     return dict(keras_hub.models.Backbone.presets)
 
