@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_data, train_steps
+from two_layer import initial, numpy, tt
 
 import kdg
 import reference as ref
@@ -19,20 +20,6 @@ from kdg.algorithms import CDANN, DANN, GGA
 F = torch.nn.functional
 TOL = dict(rtol=1e-4, atol=1e-5)
 WIDTH = 7  # the discriminator's hidden width in these tests
-
-
-def numpy(values):
-    return [keras.ops.convert_to_numpy(v) for v in values]
-
-
-def tt(a):
-    return torch.tensor(np.asarray(a, dtype=np.float64))
-
-
-def initial(seed=0):
-    rng = np.random.default_rng(seed)
-    shapes = [(5, 6), (6,), (6, 4), (4,)]
-    return [rng.normal(scale=0.5, size=s).astype("float32") for s in shapes]
 
 
 def disc_initial(conditional, depth=3, seed=3):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_data, train_steps
+from two_layer import initial
 
 import kdg
 from kdg.algorithms import GGA, Fishr
@@ -17,12 +18,6 @@ from kdg.optimizers import TorchAdam
 F = torch.nn.functional
 LR = 0.01
 TOL = dict(rtol=2e-4, atol=2e-6)  # float32 against float64
-
-
-def initial(seed=0):
-    rng = np.random.default_rng(seed)
-    shapes = [(5, 6), (6,), (6, 4), (4,)]
-    return [rng.normal(scale=0.5, size=s).astype("float32") for s in shapes]
 
 
 def two_layer(algorithm, params, optimizer=None):
