@@ -83,7 +83,7 @@ def test_overrides_are_yaml_values(tmp_path):
         ("training.lrr=1e-3", r"training\.lrr: unknown key\. Allowed here: steps, batch_size.*Did you mean 'lr'\?"),
         ("training.steps=many", r"training\.steps: .*integer.*given 'many'"),
         ("training.optimizer=adamm", r"training\.optimizer: 'adamm' is not allowed; expected .*'adam'.*Did you mean 'adam'"),
-        ("algorithm.name=fsh", r"algorithm\.name: unknown algorithm 'fsh'; known: (\w+, )*erm, fish, gga, ggal, (\w+, )*\w+\. Did you mean 'fish'\?"),
+        ("algorithm.name=fsh", r"algorithm\.name: unknown algorithm 'fsh'; known: (\w+, )*erm, fish, (\w+, )*gga, ggal, (\w+, )*\w+\. Did you mean 'fish'\?"),
         ("algorithm.meta_rl=0.1", r"algorithm\.meta_rl: not a parameter of fish; its parameters: meta_lr.*Did you mean 'meta_lr'\?"),
         ("model.backbone=resnet5O", r"model\.backbone: Unknown backbone 'resnet5O'.*Did you mean 'resnet50'"),
         ("datset.name=PACS", r"datset: unknown key\. Allowed here: dataset, model.*Did you mean 'dataset'\?"),
