@@ -1,4 +1,5 @@
-"""Sessions: `nox` runs the README's Quickstart, then the suite once per backend.
+"""Sessions: `nox` runs the README's Quickstart, then the suite once per backend,
+then the engine's tests in a virtualenv without TensorFlow (`tests-notf`).
 
 `quickstart` runs the README's Quickstart commands exactly as written (read
 from README.md) in a new virtualenv, then fails if a CUDA wheel came in.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["quickstart", "tests-jax", "tests-tensorflow", "tests-torch"]
+nox.options.sessions = ["quickstart", "tests-jax", "tests-tensorflow", "tests-torch", "tests-notf"]
 nox.options.reuse_existing_virtualenvs = True
 
 BACKENDS = ("jax", "tensorflow", "torch")

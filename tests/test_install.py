@@ -77,7 +77,7 @@ def test_the_cpu_line_is_the_test_sessions_and_pins_a_cpu_torch():
 
 def test_default_sessions_run_the_quickstart_and_every_backend():
     assert noxfile.nox.options.sessions == ["quickstart", "tests-jax", "tests-tensorflow",
-                                            "tests-torch"]
+                                            "tests-torch", "tests-notf"]
     ci = (REPO / ".ci" / "run").read_text()
     assert re.search(r"^python3 -m nox\s*$", ci, re.M)  # the default sessions, no -s
 
