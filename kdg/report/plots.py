@@ -35,6 +35,7 @@ DIAGNOSTIC_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("CorGrad gradient surgery", ("modification_ratio", "modification_frequency")),
     ("GGA: min pairwise cosine before / after annealing", ("gga_cos_before", "gga_cos_after")),
     ("GGA: accepted perturbations", ("gga_accepted",)),
+    ("AND-mask / SAND-mask: the mask's mean (fraction of the update kept)", ("mask_fraction",)),
     ("Fishr: gradient-variance penalty", ("fishr_penalty",)),
     ("DANN / CDANN: the domain discriminator", ("disc_acc", "disc_loss")),
 )

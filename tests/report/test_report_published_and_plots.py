@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from report_sweeps import write_run
 
 from kdg.report import (PUBLISHED, RESNET18_CORGRAD, RESNET50_GGA, MissingRunsError,
                         ResultsWarning, load_runs, report, select)
@@ -86,6 +87,20 @@ def test_absent_diagnostics_are_skipped(toy3_dir, tmp_path):
     assert not (tmp_path / "d.png").exists()
     paths = write_plots(select(runs, "training_domain"), tmp_path / "p")
     assert [p.name for p in paths] == ["accuracy_Toy3_ERM_env0.png"]
+
+
+@pytest.mark.parametrize("algorithm, key", [("SANDMask", "mask_fraction"),
+                                            ("Fishr", "fishr_penalty"),
+                                            ("DANN", "disc_acc")])
+def test_each_methods_own_diagnostic_is_drawn(tmp_path, algorithm, key):
+    # a run that logs only this method's diagnostic (as kdg train writes it)
+    # gets a diagnostics figure: the key has a panel
+    write_run(tmp_path / "sweep", "Toy3", (algorithm, (0,), 0, 0),
+              [(100, .50, .51, .80, .60, .80, .60), (200, .60, .61, .90, .70, .90, .80)],
+              diagnostics=lambda step: {key: 0.5 + step / 1000})
+    runs = load_runs(tmp_path / "sweep")
+    assert plot_diagnostics({algorithm: runs}, tmp_path / "d.png") is not None
+    assert _is_png(tmp_path / "d.png")
 
 
 # -------------------------------------------------------------------- report()
