@@ -16,9 +16,9 @@ pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch",
                                 reason="kdg against plain PyTorch: runs in the torch session")
 
 from conftest import make_data, train_steps  # noqa: E402
+from two_layer import numpy, step_keys  # noqa: E402
 
 import kdg  # noqa: E402
-from kdg import rng as kdg_rng  # noqa: E402
 from kdg.algorithms import ARM, MTL, MixStyle, SagNet  # noqa: E402
 from kdg.bench import reference, suite  # noqa: E402
 from kdg.bench import torch_reference as ref  # noqa: E402
@@ -34,10 +34,6 @@ HP = {"lr": LR, "adam_eps": EPS}
 XENT = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def numpy(values):
-    return [keras.ops.convert_to_numpy(v) for v in values]
-
-
 def tt(a, dtype=torch.float64):
     return torch.as_tensor(np.asarray(a), dtype=dtype)
 
@@ -48,14 +44,6 @@ def compiled(model, num_domains=3):
     model.compile(optimizer=keras.optimizers.Adam(LR, epsilon=EPS), loss=XENT)
     model._dg_build_algorithm()
     return model
-
-
-def step_keys(model, steps):
-    """The keys the model's next `steps` steps draw (from a copy of its seed
-    generator's state)."""
-    copy = keras.random.SeedGenerator(0)
-    copy.state.assign(keras.ops.convert_to_numpy(model.dg_seed_generator.state))
-    return [kdg_rng.key_from_seed_generator(copy) for _ in range(steps)]
 
 
 def assert_close(got, want, step):
