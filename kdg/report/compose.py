@@ -16,7 +16,8 @@ from typing import Iterable, Mapping, Sequence, Union
 from .loading import find_results_files, load_runs
 from .published import backbone_of, tables_for
 from .selection import get_method, select
-from .tables import (FORMATS, gga_combined_comparison, mnist_comparisons, published_comparison,
+from .tables import (FORMATS, gga_changes, gga_combined_comparison, mnist_comparisons,
+                     published_comparison,
                      render, results_tables)
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -63,10 +64,14 @@ def report(dirs: Union[PathLike, Iterable[PathLike]], selection: str = "training
                                 f"({found} results.jsonl file(s) found)")
     chosen = select(runs, method, include_unfinished=include_unfinished)
     tables = results_tables(chosen, domain_names)
+    averages = tables[-1]
+    changes = gga_changes(tables)  # kdg's own GGA+X - X, on any dataset
+    if changes is not None:
+        tables.append(changes)
     if published:
         sources = tables_for(backbone_of(r.hparams) for r in runs)
-        comparison = published_comparison(tables[-1], sources)
-        combined = gga_combined_comparison(tables[-1])
+        comparison = published_comparison(averages, sources)
+        combined = gga_combined_comparison(averages)
         if comparison is not None:
             tables.append(comparison)
         if combined is not None:

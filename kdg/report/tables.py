@@ -107,7 +107,7 @@ class Row:
 @dataclass
 class Table:
     title: str
-    kind: str                          # "dataset" | "averages" | "published"
+    kind: str                          # "dataset" | "averages" | "published" | "gga_changes"
     key_columns: list[str]
     columns: list[str]
     rows: list[Row] = field(default_factory=list)
@@ -364,6 +364,51 @@ def gga_combined_comparison(averages: Table, table: CombinedTable = GGA_COMBINED
         result.notes.append("missing: " + ", ".join(missing))
     result.incomplete = bool(missing) or any(
         c.incomplete for r in result.rows for c in (r.cells[0], r.cells[2]))
+    return result
+
+
+def gga_changes(tables: Sequence[Table], table: CombinedTable = GGA_COMBINED) -> Table | None:
+    """GGA's change on kdg's own runs, whatever the dataset: for each
+    algorithm X with both an ``x`` and a ``gga+x`` row in a dataset table
+    (GGA wrapping ERM is ``gga``), X, GGA+X and their difference, each the
+    mean over the test domains where both have a result (flagged † when
+    that is not every test domain; the note names the domains). Datasets of
+    GGA's published table are left to :func:`gga_combined_comparison`. None
+    when there is no such pair."""
+    from kdg.algorithm_names import normalize
+
+    result = Table(title="GGA's change per algorithm (test-domain accuracy %, mean over the "
+                         "test domains both have; Δ = GGA+X - X)",
+                   kind="gga_changes", key_columns=["Algorithm", "Dataset"],
+                   columns=["X", "GGA+X", "Δ"])
+    partial = {}
+    for tab in tables:
+        if tab.kind != "dataset" or canonical_dataset(tab.dataset or "") in table.datasets:
+            continue
+        result.selection, result.unfinished_used = tab.selection, tab.unfinished_used
+        rows = {normalize(row.keys[0]): row for row in tab.rows}
+        domains = tab.columns[:-1]
+        for key, alone in rows.items():
+            wrapped = rows.get("gga" if key == "erm" else "gga" + key)
+            if key.startswith("gga") or wrapped is None:
+                continue
+            both = [i for i in range(len(domains))
+                    if alone.cells[i].mean is not None and wrapped.cells[i].mean is not None]
+            if not both:
+                continue
+            flagged = len(both) < len(domains) or any(
+                r.cells[i].flags for r in (alone, wrapped) for i in both)
+            x, gx = (float(np.mean([r.cells[i].mean for i in both])) for r in (alone, wrapped))
+            result.rows.append(Row((alone.keys[0], tab.dataset), [
+                Cell(x, partial=flagged), Cell(gx, partial=flagged),
+                Cell(gx - x, signed=True, partial=flagged)]))
+            if len(both) < len(domains):
+                partial[(alone.keys[0], tab.dataset)] = [domains[i] for i in both]
+    if not result.rows:
+        return None
+    result.notes = [f"{name} on {dataset}: test domain(s) {', '.join(map(str, used))} only"
+                    for (name, dataset), used in partial.items()]
+    result.incomplete = bool(partial)
     return result
 
 

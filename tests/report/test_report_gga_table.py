@@ -53,3 +53,44 @@ def test_report_prints_kdgs_gga_changes_beside_the_published_ones(tmp_path):
 def test_no_combination_table_without_an_algorithm_of_it(tmp_path):
     write(tmp_path, "PACS", "gga", ERM_PACS, {"lr": 3e-5, "base": {"name": "erm"}})
     assert "GGA combined" not in report(tmp_path, fmt="text")
+
+
+def write_envs(root, dataset, algorithm, accuracies, hparams, envs):
+    """One run per test domain t of `accuracies` (a dict t -> accuracy)."""
+    for t, accuracy in accuracies.items():
+        row = [100]
+        for i in range(envs):
+            row += [accuracy, 0.9] if i == t else [0.5, 0.9]
+        write_run(root, dataset, (algorithm, (t,), 0, 0), [tuple(row)], hparams=hparams)
+
+
+def test_gga_changes_on_any_dataset_over_the_test_domains_both_have(tmp_path):
+    # ColoredDigits: 3 domains, not a dataset of GGA's table. ERM ran on all
+    # three test domains, GGA (wrapping ERM) on two; CORAL and GGA+CORAL on all.
+    write_envs(tmp_path, "ColoredDigits", "erm", {0: .60, 1: .70, 2: .90}, {"lr": 1e-3}, 3)
+    write_envs(tmp_path / "gga_erm", "ColoredDigits", "gga", {0: .66, 1: .72},
+               {"lr": 1e-3, "base": {"name": "erm"}}, 3)
+    write_envs(tmp_path, "ColoredDigits", "coral", {0: .50, 1: .60, 2: .70}, {"lr": 1e-3}, 3)
+    write_envs(tmp_path / "gga_coral", "ColoredDigits", "gga", {0: .52, 1: .58, 2: .79},
+               {"lr": 1e-3, "base": {"name": "coral"}}, 3)
+    write_envs(tmp_path, "ColoredDigits", "mmd", {0: .50}, {"lr": 1e-3}, 3)  # no GGA+MMD
+
+    text = report(tmp_path, fmt="text")
+    table = text[text.index("GGA's change per algorithm"):]
+    rows = {line.split()[0]: line.split()[2:] for line in table.splitlines()
+            if line.split()[1:2] == ["ColoredDigits"]}
+    # ERM: test domains 0 and 1 only (65.0 vs 69.0), flagged; CORAL: all three
+    # (60.0 vs 63.0), unflagged; MMD has no GGA+MMD: no row
+    assert rows == {"erm": ["65.0†", "69.0†", "+4.0†"], "coral": ["60.0", "63.0", "+3.0"]}
+    assert "erm on ColoredDigits: test domain(s) env0, env1 only" in table
+    assert "coral on ColoredDigits" not in table
+    assert "GGA combined with other algorithms" not in text  # no dataset of GGA's table
+    # on a dataset of GGA's table this table stays out: the comparison has it
+    write_envs(tmp_path / "pacs", "PACS", "coral", {0: .8}, {"lr": 3e-5}, 4)
+    write_envs(tmp_path / "pacs_gga", "PACS", "gga", {0: .8},
+               {"lr": 3e-5, "base": {"name": "coral"}}, 4)
+    text = report(tmp_path, fmt="text")
+    start = text.index("GGA's change per algorithm")
+    changes = text[start:text.index("\n\n", start)]
+    assert "GGA combined" in text
+    assert "PACS" not in changes and "ColoredDigits" in changes
