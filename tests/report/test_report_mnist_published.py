@@ -57,3 +57,18 @@ def test_report_prints_both_selections_and_nothing_for_other_datasets(tmp_path):
     assert "| 28.7 ± 0.5 |" in oracle   # DomainBed's ERM oracle on -90%
     write_run(tmp_path / "other", "Toy2", ("ERM", (0,), 0, 0), [(100, .5, .5, .6, .6)])
     assert "kdg vs DomainBed" not in compose.report(tmp_path / "other", "training_domain")
+
+
+def test_an_average_over_fewer_environments_is_not_compared(tmp_path):
+    # only test environment +90% has run: its row is compared, the average
+    # (over one environment against DomainBed's three) is shown but not compared
+    row = [100, 0.716, 0.9, 0.8, 0.8, 0.8, 0.8]
+    write_run(tmp_path, "ColoredMNIST", ("ERM", (0,), 0, 0), [tuple(row)])
+    tables = results_tables(select(load_runs([tmp_path]), get_method("training_domain")))
+    (table,) = mnist_comparisons(tables)
+    rows = {row.keys[1]: row.cells for row in table.rows}
+    kdg, _, delta, verdict = rows["+90%"]
+    assert math.isclose(delta.mean, 71.6 - 71.7, abs_tol=1e-9) and verdict.value_text() == "yes"
+    kdg, _, delta, verdict = rows["Avg"]
+    assert math.isclose(kdg.mean, 71.6, abs_tol=1e-9) and kdg.partial
+    assert delta.mean is None and verdict.value_text() == "—"
