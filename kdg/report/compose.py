@@ -17,8 +17,7 @@ from .loading import find_results_files, load_runs
 from .published import backbone_of, tables_for
 from .selection import get_method, select
 from .tables import (FORMATS, gga_changes, gga_combined_comparison, mnist_comparisons,
-                     published_comparison,
-                     render, results_tables)
+                     published_comparison, render, results_tables)
 
 PathLike = Union[str, "os.PathLike[str]"]
 

@@ -10,7 +10,9 @@ Three kinds of :class:`Table` are built from a :class:`~kdg.report.selection.Sel
   per dataset. As in DomainBed, each trial's results are first averaged over
   the test domains, then mean ± stderr is taken over trials; ``Avg`` is the
   mean over datasets, ``X`` unless every dataset has a result;
-* the comparison with published numbers (:func:`published_comparison`).
+* the comparison with published numbers (:func:`published_comparison`,
+  :func:`gga_combined_comparison`, :func:`mnist_comparisons`);
+* GGA's change on kdg's own runs of any other dataset (:func:`gga_changes`).
 
 Incomplete results are shown, never averaged silently. Markers:
 
