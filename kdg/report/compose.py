@@ -64,7 +64,7 @@ def report(dirs: Union[PathLike, Iterable[PathLike]], selection: str = "training
     chosen = select(runs, method, include_unfinished=include_unfinished)
     tables = results_tables(chosen, domain_names)
     averages = tables[-1]
-    changes = gga_changes(tables)  # kdg's own GGA+X - X, on any dataset
+    changes = gga_changes(tables, published)  # kdg's own GGA+X - X
     if changes is not None:
         tables.append(changes)
     if published:

@@ -369,35 +369,39 @@ def gga_combined_comparison(averages: Table, table: CombinedTable = GGA_COMBINED
     return result
 
 
-def gga_changes(tables: Sequence[Table], table: CombinedTable = GGA_COMBINED) -> Table | None:
-    """GGA's change on kdg's own runs, whatever the dataset: for each
-    algorithm X with both an ``x`` and a ``gga+x`` row in a dataset table
-    (GGA wrapping ERM is ``gga``), X, GGA+X and their difference, each the
-    mean over the test domains where both have a result (flagged † when
-    that is not every test domain; the note names the domains). Datasets of
-    GGA's published table are left to :func:`gga_combined_comparison`. None
-    when there is no such pair."""
+def gga_changes(tables: Sequence[Table], published: bool = True,
+                table: CombinedTable = GGA_COMBINED) -> Table | None:
+    """GGA's change on kdg's own runs: for each algorithm X with both an ``x``
+    and a ``gga+x`` row in a dataset table (GGA wrapping ERM is ``gga``), X,
+    GGA+X and their difference, each the mean over the test domains where
+    both have a result (flagged † when that is not every test domain; the
+    note names the domains). The pairs that :func:`gga_combined_comparison`
+    prints beside the published numbers (an algorithm of GGA's table on one
+    of its datasets, when ``published``) are left to it. None when there is
+    no other pair."""
     from kdg.algorithm_names import normalize
 
     result = Table(title="GGA's change per algorithm (test-domain accuracy %, mean over the "
                          "test domains both have; Δ = GGA+X - X)",
                    kind="gga_changes", key_columns=["Algorithm", "Dataset"],
                    columns=["X", "GGA+X", "Δ"])
+    in_combined = {normalize(title) for title in table.algorithms} if published else set()
     partial = {}
     for tab in tables:
-        if tab.kind != "dataset" or canonical_dataset(tab.dataset or "") in table.datasets:
+        if tab.kind != "dataset":
             continue
-        result.selection, result.unfinished_used = tab.selection, tab.unfinished_used
+        published_dataset = canonical_dataset(tab.dataset or "") in table.datasets
         rows = {normalize(row.keys[0]): row for row in tab.rows}
         domains = tab.columns[:-1]
         for key, alone in rows.items():
             wrapped = rows.get("gga" if key == "erm" else "gga" + key)
-            if key.startswith("gga") or wrapped is None:
+            if key == "gga" or wrapped is None or (published_dataset and key in in_combined):
                 continue
             both = [i for i in range(len(domains))
                     if alone.cells[i].mean is not None and wrapped.cells[i].mean is not None]
             if not both:
                 continue
+            result.selection, result.unfinished_used = tab.selection, tab.unfinished_used
             flagged = len(both) < len(domains) or any(
                 r.cells[i].flags for r in (alone, wrapped) for i in both)
             x, gx = (float(np.mean([r.cells[i].mean for i in both])) for r in (alone, wrapped))
@@ -410,7 +414,7 @@ def gga_changes(tables: Sequence[Table], table: CombinedTable = GGA_COMBINED) ->
         return None
     result.notes = [f"{name} on {dataset}: test domain(s) {', '.join(map(str, used))} only"
                     for (name, dataset), used in partial.items()]
-    result.incomplete = bool(partial)
+    result.incomplete = any(c.flags for r in result.rows for c in r.cells)
     return result
 
 
@@ -456,7 +460,7 @@ def mnist_comparisons(tables: Sequence[Table]) -> list[Table]:
         table.notes = ["DomainBed: domainbed/results/2020_10_06_7df6f06 (MNIST_CNN, 20 "
                        "hyperparameter samples x 3 trials); inside: |Δ| <= DomainBed's "
                        "standard error + kdg's; an average over fewer test environments "
-                       "than DomainBed's (†) is not compared"]
+                       "than DomainBed's is shown but not compared"]
         environments = published.environments
         for row in dataset_tab.rows:
             algorithm = row.keys[0]
@@ -469,11 +473,12 @@ def mnist_comparisons(tables: Sequence[Table]) -> list[Table]:
                     kdg_cells.append(Cell())
             else:
                 kdg_cells.append(replace(row.cells[-1], best=False))
+            lacking = any(c.mean is None for c in kdg_cells[:-1])
             for environment, kdg in zip(environments, kdg_cells):
                 value = published.get(algorithm, environment)
                 cells = [kdg, Cell(None if value is None else value[0],
                                    None if value is None else value[1], missing="—")]
-                if kdg.mean is None or value is None or kdg.partial:
+                if kdg.mean is None or value is None or (environment == "Avg" and lacking):
                     # an average over fewer environments than DomainBed's is not compared
                     cells += [Cell(missing="—"), Cell(missing="—")]
                 else:

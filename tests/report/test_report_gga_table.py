@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from report_sweeps import write_run
 
-from kdg.report import report
+from kdg.report import compose, report
 from kdg.report.loading import load_runs
 
 # test-domain accuracy of each run = env{t}_in_acc of its test domain t
@@ -85,12 +85,32 @@ def test_gga_changes_on_any_dataset_over_the_test_domains_both_have(tmp_path):
     assert "erm on ColoredDigits: test domain(s) env0, env1 only" in table
     assert "coral on ColoredDigits" not in table
     assert "GGA combined with other algorithms" not in text  # no dataset of GGA's table
-    # on a dataset of GGA's table this table stays out: the comparison has it
+    # On a dataset of GGA's table the pairs the published comparison prints
+    # (CORAL) are left to it; ERM and GGA-L, not in the published table, and
+    # every pair without the published tables, stay here.
     write_envs(tmp_path / "pacs", "PACS", "coral", {0: .8}, {"lr": 3e-5}, 4)
     write_envs(tmp_path / "pacs_gga", "PACS", "gga", {0: .8},
                {"lr": 3e-5, "base": {"name": "coral"}}, 4)
-    text = report(tmp_path, fmt="text")
-    start = text.index("GGA's change per algorithm")
-    changes = text[start:text.index("\n\n", start)]
+    write_envs(tmp_path / "pacs_erm", "PACS", "erm", {0: .7}, {"lr": 3e-5}, 4)
+    write_envs(tmp_path / "pacs_gga_erm", "PACS", "gga", {0: .75},
+               {"lr": 3e-5, "base": {"name": "erm"}}, 4)
+    write_envs(tmp_path / "pacs_ggal", "PACS", "ggal", {0: .6}, {"lr": 3e-5}, 4)
+    write_envs(tmp_path / "pacs_gga_ggal", "PACS", "gga", {0: .5},
+               {"lr": 3e-5, "base": {"name": "ggal"}}, 4)
+
+    def changes(published):
+        text = compose.report(tmp_path, fmt="text", published=published)
+        start = text.index("GGA's change per algorithm")
+        end = text.find("\n\n", start)
+        return text, {tuple(line.split()[:2]): line.split()[2:]
+                      for line in text[start:end if end > 0 else None].splitlines()
+                      if line.split()[1:2] in (["PACS"], ["ColoredDigits"])}
+
+    text, rows = changes(published=True)
     assert "GGA combined" in text
-    assert "PACS" not in changes and "ColoredDigits" in changes
+    assert set(rows) == {("erm", "ColoredDigits"), ("coral", "ColoredDigits"),
+                         ("erm", "PACS"), ("ggal", "PACS")}
+    assert rows[("erm", "PACS")] == ["70.0†", "75.0†", "+5.0†"]
+    assert rows[("ggal", "PACS")] == ["60.0†", "50.0†", "-10.0†"]
+    _, rows = changes(published=False)
+    assert rows[("coral", "PACS")] == ["80.0†", "80.0†", "+0.0†"]

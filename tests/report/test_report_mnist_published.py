@@ -72,3 +72,18 @@ def test_an_average_over_fewer_environments_is_not_compared(tmp_path):
     kdg, _, delta, verdict = rows["Avg"]
     assert math.isclose(kdg.mean, 71.6, abs_tol=1e-9) and kdg.partial
     assert delta.mean is None and verdict.value_text() == "—"
+
+
+def test_an_average_with_a_missing_trial_is_still_compared(tmp_path):
+    # every environment has run, +80% in one trial of two: the average
+    # covers DomainBed's three environments and is compared (flagged)
+    for env, accs in TEST_ACC.items():
+        for trial, acc in enumerate(accs[:1] if env == 1 else accs):
+            row = [100]
+            for i in range(3):
+                row += [acc, 0.9] if i == env else [0.8, 0.8]
+            write_run(tmp_path, "ColoredMNIST", ("ERM", (env,), trial, 0), [tuple(row)])
+    tables = results_tables(select(load_runs([tmp_path]), get_method("training_domain")))
+    (table,) = mnist_comparisons(tables)
+    kdg, _, delta, verdict = {row.keys[1]: row.cells for row in table.rows}["Avg"]
+    assert kdg.flags and delta.mean is not None and verdict.value_text() in ("yes", "no")

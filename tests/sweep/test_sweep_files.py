@@ -46,7 +46,16 @@ def test_the_mnist_protocol_runs_every_algorithm_mnist_cnn_can_train():
     assert len(jobs) == len(names) * (3 + 6) * 20 * 3
     arm = jobs_lib.filter_jobs(jobs, ["algorithm=arm"])
     assert arm and all(job.recipe["model"]["arm_context"] for job in arm)
-    dann = jobs_lib.filter_jobs(jobs, ["algorithm=dann"])
-    sampled = [job.recipe["algorithm"] for job in dann if job.hparams_seed > 0]
-    assert sampled and all(10 ** -4.5 <= a["lr_d"] <= 10 ** -2.5 for a in sampled)
-    assert all(a.get("weight_decay_g") is None for a in sampled)
+    for name in ("dann", "cdann"):  # DomainBed's small-image ranges, both of them
+        sampled = [job.recipe["algorithm"] for job in jobs_lib.filter_jobs(jobs, [f"algorithm={name}"])
+                   if job.hparams_seed > 0]
+        assert sampled and all(10 ** -4.5 <= a[lr] <= 10 ** -2.5
+                               for a in sampled for lr in ("lr_d", "lr_g"))
+        assert all(a.get("weight_decay_g") is None for a in sampled)
+
+
+def test_the_digits_sweep_searches_with_10_gga_trials():
+    spec = sweep.load_sweep(SWEEPS_DIR / "digits.yaml", backend="jax")
+    gga = [job for job in sweep.expand_jobs(spec) if job.recipe["algorithm"]["name"] == "gga"]
+    assert len(gga) == 16 * 6 * 2 * 2
+    assert {job.recipe["algorithm"]["trials"] for job in gga} == {10}
