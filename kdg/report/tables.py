@@ -381,15 +381,17 @@ def gga_changes(tables: Sequence[Table], published: bool = True,
     no other pair."""
     from kdg.algorithm_names import normalize
 
+    dataset_tables = [tab for tab in tables if tab.kind == "dataset"]
+    if not dataset_tables:
+        return None
     result = Table(title="GGA's change per algorithm (test-domain accuracy %, mean over the "
                          "test domains both have; Δ = GGA+X - X)",
                    kind="gga_changes", key_columns=["Algorithm", "Dataset"],
-                   columns=["X", "GGA+X", "Δ"])
+                   columns=["X", "GGA+X", "Δ"], selection=dataset_tables[0].selection,
+                   unfinished_used=any(tab.unfinished_used for tab in dataset_tables))
     in_combined = {normalize(title) for title in table.algorithms} if published else set()
     partial = {}
-    for tab in tables:
-        if tab.kind != "dataset":
-            continue
+    for tab in dataset_tables:
         published_dataset = canonical_dataset(tab.dataset or "") in table.datasets
         rows = {normalize(row.keys[0]): row for row in tab.rows}
         domains = tab.columns[:-1]
@@ -401,7 +403,6 @@ def gga_changes(tables: Sequence[Table], published: bool = True,
                     if alone.cells[i].mean is not None and wrapped.cells[i].mean is not None]
             if not both:
                 continue
-            result.selection, result.unfinished_used = tab.selection, tab.unfinished_used
             flagged = len(both) < len(domains) or any(
                 r.cells[i].flags for r in (alone, wrapped) for i in both)
             x, gx = (float(np.mean([r.cells[i].mean for i in both])) for r in (alone, wrapped))

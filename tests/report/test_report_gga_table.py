@@ -82,6 +82,7 @@ def test_gga_changes_on_any_dataset_over_the_test_domains_both_have(tmp_path):
     # ERM: test domains 0 and 1 only (65.0 vs 69.0), flagged; CORAL: all three
     # (60.0 vs 63.0), unflagged; MMD has no GGA+MMD: no row
     assert rows == {"erm": ["65.0†", "69.0†", "+4.0†"], "coral": ["60.0", "63.0", "+3.0"]}
+    assert "(INCOMPLETE)" in table.splitlines()[0]  # ERM's row is flagged
     assert "erm on ColoredDigits: test domain(s) env0, env1 only" in table
     assert "coral on ColoredDigits" not in table
     assert "GGA combined with other algorithms" not in text  # no dataset of GGA's table
