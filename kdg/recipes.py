@@ -103,6 +103,12 @@ class TrainingConfig(_Section):
     eval_every: int = Field(300, gt=0)
     checkpoint_every: int | None = Field(None, gt=0, description="default: eval_every")
     eval_batch_size: int = Field(128, gt=0)
+    eval_splits: Literal["all", "selection"] = Field(
+        "all",
+        description="all: both splits of every domain (DomainBed); selection: only what "
+        "model selection and the tables read, the out split of every domain and the in "
+        "split of the test domains (about half the evaluation's cost on MNIST)",
+    )
     devices: int | list[str] | None = Field(
         None, description="data-parallel devices (JAX): a count or names like gpu:0"
     )

@@ -5,7 +5,8 @@ The output directory receives, in this order of safety:
 - `recipe.yaml`: the resolved recipe (written once the recipe validates);
 - `results.jsonl`: one JSON line per evaluation (step, epoch, training loss
   and diagnostics averaged over the interval, `env{i}_in_acc`/`_out_acc`/
-  `_in_loss`/`_out_loss` for every domain, step time, memory, `args`,
+  `_in_loss`/`_out_loss` for every domain (with `eval_splits: selection`, no
+  `in` split of the training domains), step time, memory, `args`,
   `hparams`), as DomainBed writes it;
 - `tensorboard/`: the same numbers as TensorBoard scalars;
 - `checkpoint.npz`: every variable (model, optimizer, the algorithm's own
@@ -147,12 +148,14 @@ def hparams(recipe: recipes.Recipe) -> dict:
     return out
 
 
-def evaluate(model, dataset, batch_size: int) -> dict:
+def evaluate(model, dataset, batch_size: int, skip_in=()) -> dict:
+    """Accuracy and loss on both splits of every domain; not on the *in*
+    split of the domains in ``skip_in`` (``eval_splits: selection``)."""
     record = {}
     for i in range(len(dataset.domains)):
         for part in ("in", "out"):
             split = dataset.split(i, part)
-            if len(split) == 0:
+            if len(split) == 0 or (part == "in" and i in skip_in):
                 continue
             batches = dataset.eval_batches(split, batch_size=batch_size)
             with batches.naming_bad_images():
@@ -340,9 +343,12 @@ def _run_locked(recipe, dataset, model, test_envs, out: Path, say, console) -> d
         "backbone": recipe.model.backbone,
         "domains": list(dataset.domains),
         "backend": recipe.backend,
+        "eval_splits": training.eval_splits,
     }
     params = hparams(recipe)
     checkpoint_every = training.checkpoint_every or training.eval_every
+    # the in split of a training domain is read by no selection method nor table
+    skip_in = train_envs if training.eval_splits == "selection" else ()
     min_size = min(len(dataset.split(i, "in")) for i in train_envs)
     steps_per_epoch = max(min_size / training.batch_size, 1e-9)
     writer = tf.summary.create_file_writer(str(out / "tensorboard"))
@@ -376,7 +382,7 @@ def _run_locked(recipe, dataset, model, test_envs, out: Path, say, console) -> d
                 for key, values in interval_logs.items():
                     finite = [v for v in values if not math.isnan(v)]
                     record[key] = (sum(finite) / len(finite)) if finite else None
-                record.update(evaluate(model, dataset, training.eval_batch_size))
+                record.update(evaluate(model, dataset, training.eval_batch_size, skip_in))
                 mem_gb, mem_device = memory.peak(keras.backend.backend())
                 record.update(step_time=step_time, mem_gb=mem_gb, mem_device=mem_device,
                               args=args, hparams=params)

@@ -70,3 +70,28 @@ def test_each_trial_builds_its_own_environments(mnist_root):
     first, again, other = labels(0), labels(0), labels(1)
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
     assert not any(np.array_equal(a, b) for a, b in zip(first, other))
+
+
+def test_selection_splits_only_gives_the_full_runs_numbers(mnist_root, tmp_path):
+    """`training.eval_splits: selection` evaluates every out split and the test
+    domain's in split, nothing else; each is the number the full evaluation
+    of the same run records."""
+    dataset = small("ColoredMNIST", mnist_root)
+    records = {}
+    for how in ("all", "selection"):
+        recipe = recipes.load_recipe(RECIPES / "erm_coloredmnist.yaml", [
+            f"dataset.root={mnist_root}", "training.steps=2", "training.batch_size=4",
+            "training.eval_every=2", f"training.eval_splits={how}",
+            f"output_dir={tmp_path / how}"])
+        training.run(recipe, dataset=dataset)
+        (records[how],) = [json.loads(line) for line in (tmp_path / how / "results.jsonl").open()]
+    test = dataset.domains.index("-90%")
+    accs = {how: {k for k in r if k.endswith(("_acc", "_loss")) and k.startswith("env")}
+            for how, r in records.items()}
+    assert accs["all"] == {f"env{i}_{p}_{m}" for i in range(3) for p in ("in", "out")
+                           for m in ("acc", "loss")}
+    assert accs["selection"] == {f"env{i}_{p}_{m}" for i in range(3) for p in ("in", "out")
+                                 for m in ("acc", "loss") if p == "out" or i == test}
+    for key in accs["selection"]:
+        assert records["selection"][key] == pytest.approx(records["all"][key], abs=1e-6), key
+    assert records["selection"]["args"]["eval_splits"] == "selection"

@@ -4,7 +4,8 @@ A training run writes one directory holding
 
 * ``results.jsonl``: one JSON object per evaluation (a *record*). Each record
   carries ``step``, ``epoch``, the accuracies ``env{i}_in_acc`` /
-  ``env{i}_out_acc`` of every domain ``i`` (test domains included), optional
+  ``env{i}_out_acc`` of every domain ``i`` (test domains included; with
+  ``eval_splits: selection`` not the in split of a training domain), optional
   diagnostics (``grad_cos_min``, ``modification_ratio``, ...), and the run's
   identity: ``args`` (``dataset``, ``algorithm``, ``test_envs``,
   ``hparams_seed``, ``trial_seed``, ``seed``, ``output_dir``) and ``hparams``.
@@ -143,9 +144,16 @@ def count_envs(record: Mapping[str, Any]) -> int:
 
 def missing_accs(record: Mapping[str, Any]) -> list[str]:
     """The ``env{i}_in_acc`` / ``env{i}_out_acc`` keys a record lacks, for
-    each of its :func:`count_envs` domains (an empty split leaves them out)."""
+    each of its :func:`count_envs` domains (an empty split leaves them out).
+    A run with ``eval_splits: selection`` does not evaluate the in split of
+    its training domains: those keys are not missing."""
+    args = record.get("args") or {}
+    skipped = set()
+    if args.get("eval_splits") == "selection":
+        tested = {int(e) for e in args.get("test_envs", ())}
+        skipped = {f"env{i}_in_acc" for i in range(count_envs(record)) if i not in tested}
     return [key for i in range(count_envs(record)) for key in (f"env{i}_in_acc", f"env{i}_out_acc")
-            if key not in record]
+            if key not in record and key not in skipped]
 
 
 def as_float(value: Any) -> float:

@@ -100,3 +100,31 @@ def test_holdout_fraction_zero_keeps_every_column(tmp_path):
         "a": "", "b": "", "c": "", "Avg": ""}
     text = report(root, "training_domain", fmt="text")
     assert "no env0_out_acc, env1_out_acc, env2_out_acc" in text
+
+
+def test_selection_only_runs_lack_nothing_and_select_as_full_runs(tmp_path):
+    """`eval_splits: selection` leaves out the in split of the training
+    domains: its runs select what full runs select, with no note of missing
+    accuracies; a full run lacking those keys still gets the note."""
+    full = {t: [record(t, 10, {f"{p}{i}": .4 + t / 10 + i / 20 + (p == "out") / 50
+                               for i in range(3) for p in ("in", "out")}),
+                record(t, 20, {f"{p}{i}": .5 + t / 10 - i / 30 + (p == "in") / 40
+                               for i in range(3) for p in ("in", "out")})]
+            for t in range(3)}
+    lean = {t: [dict(r) for r in records] for t, records in full.items()}
+    for t, records in lean.items():
+        for r in records:
+            r["args"] = dict(r["args"], eval_splits="selection")
+            for i in range(3):
+                if i != t:
+                    del r[f"env{i}_in_acc"], r[f"env{i}_in_loss"]
+    for method in ("training_domain", "oracle"):
+        expected = cells(report(write(tmp_path / f"full_{method}", full), method, fmt="csv"))
+        assert all(expected.values())
+        root = write(tmp_path / f"lean_{method}", lean)
+        assert cells(report(root, method, fmt="csv")) == expected
+        assert "have no" not in report(root, method, fmt="text")
+    unmarked = {t: [dict(r, args={k: v for k, v in r["args"].items() if k != "eval_splits"})
+                    for r in records] for t, records in lean.items()}
+    text = report(write(tmp_path / "unmarked", unmarked), fmt="text")
+    assert "Toy: 1 run(s) have no env1_in_acc, env2_in_acc in their results" in text

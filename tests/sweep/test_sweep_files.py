@@ -52,6 +52,8 @@ def test_the_mnist_protocol_runs_every_algorithm_mnist_cnn_can_train():
         assert sampled and all(10 ** -4.5 <= a[lr] <= 10 ** -2.5
                                for a in sampled for lr in ("lr_d", "lr_g"))
         assert all(a.get("weight_decay_g") is None for a in sampled)
+    # evaluated on what selection reads only: the same tables at half the evaluation
+    assert {job.recipe["training"]["eval_splits"] for job in jobs} == {"selection"}
 
 
 def test_the_digits_sweep_searches_with_10_gga_trials():
