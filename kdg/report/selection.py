@@ -31,7 +31,9 @@ Ties, reproduced from DomainBed:
   seed, as one might guess; kdg keeps DomainBed's behaviour.)
 * duplicate runs of one setting (same dataset, algorithm, test_envs, trial
   and hparams seeds, e.g. a rerun) have their records pooled, as DomainBed
-  does; kdg adds a note to the table. Runs are read in sorted path order.
+  does; kdg adds a note to the table, with a warning that names
+  the hyperparameters or arguments they differ in, if any (a second recipe
+  run under the same seeds). Runs are read in sorted path order.
 
 Where kdg differs from DomainBed:
 
@@ -482,8 +484,28 @@ def _duplicate_notes(runs: Sequence[Run]) -> list[tuple[str, str]]:
               run.hparams_seed)].append(run)
     return [(key[0], f"{key[0]}/{key[1]} test_envs={list(key[2])}, trial {key[3]}, "
                      f"hparams {key[4]}: {len(dup)} runs, their records pooled: "
-                     + ", ".join(str(r.path) for r in dup))
+                     + ", ".join(str(r.path) for r in dup) + _differences(dup))
             for key, dup in seen.items() if len(dup) > 1]
+
+
+def _differences(runs: Sequence[Run]) -> str:
+    """What differs between runs pooled as one setting (their hparams, and
+    their args but those that do not change the numbers: the output
+    directory, the backend, the splits evaluated): a rerun with other
+    settings under the same seeds, which pooling would mix silently."""
+    def values(run: Run) -> dict:
+        args = {f"args.{k}": v for k, v in run.args.items()
+                if k not in ("output_dir", "backend", "eval_splits")}
+        return {**args, **run.hparams}
+
+    seen = [values(run) for run in runs]
+    keys = sorted({k for v in seen for k in v}, key=str)
+    differ = [k for k in keys if any(v.get(k) != seen[0].get(k) for v in seen[1:])]
+    if not differ:
+        return ""
+    shown = "; ".join(f"{k}: " + " / ".join(repr(v.get(k)) for v in seen) for k in differ[:5])
+    more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
+    return f" (WARNING: they differ in {shown}{more}: different settings pooled as one)"
 
 
 def _loo_gap(dataset, algorithm, test_env, trial_seed, runs, n_envs) -> str:

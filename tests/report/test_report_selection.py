@@ -195,3 +195,17 @@ def test_duplicate_runs_are_pooled_and_noted(tmp_path):
     assert _accs(sel, "ERM", 0) == pytest.approx([.40])
     (note,) = [m for _, m in sel.notes]
     assert note.startswith("Toy2/ERM test_envs=[0], trial 0, hparams 0: 2 runs, their records pooled")
+    assert "differ" not in note  # a rerun of the same settings
+
+
+def test_pooled_runs_with_other_settings_are_named(tmp_path):
+    """Two recipes under the same seeds (lr changed, seeds not): pooled as
+    DomainBed would, and the note says what differs."""
+    from report_sweeps import write_run
+    write_run(tmp_path / "a", "Toy2", ("ERM", (0,), 0, 0), [(0, .50, .5, .5, .60)],
+              hparams={"lr": 1e-3, "batch_size": 64})
+    write_run(tmp_path / "b", "Toy2", ("ERM", (0,), 0, 0), [(0, .40, .5, .5, .90)],
+              hparams={"lr": 3e-4, "batch_size": 64})
+    (note,) = [m for _, m in select(_runs(tmp_path), "training_domain").notes]
+    assert note.endswith("(WARNING: they differ in lr: 0.001 / 0.0003: different settings "
+                         "pooled as one)")
