@@ -216,6 +216,10 @@ def test_a_finished_run_with_another_recipe_is_refused(finished):
     again = cli("train", path)
     assert again.returncode == 0 and "nothing to do" in " ".join(again.stdout.split())
     assert snapshot(run) == before
+    # the splits evaluated do not make another run: its records say which they hold
+    fewer = cli("train", path, "--set", "training.eval_splits=selection")
+    assert fewer.returncode == 0 and "nothing to do" in " ".join(fewer.stdout.split())
+    assert snapshot(run) == before
 
 
 # -- a full disk and a truncated checkpoint --------------------------------------------------

@@ -500,10 +500,13 @@ def _differences(runs: Sequence[Run]) -> str:
 
     seen = [values(run) for run in runs]
     keys = sorted({k for v in seen for k in v}, key=str)
-    differ = [k for k in keys if any(v.get(k) != seen[0].get(k) for v in seen[1:])]
+    # a key one run lacks (written by an older kdg) is no difference
+    differ = [k for k in keys
+              if len({repr(v[k]) for v in seen if k in v}) > 1]
     if not differ:
         return ""
-    shown = "; ".join(f"{k}: " + " / ".join(repr(v.get(k)) for v in seen) for k in differ[:5])
+    shown = "; ".join(f"{k}: " + " / ".join(repr(v[k]) if k in v else "-" for v in seen)
+                      for k in differ[:5])
     more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
     return f" (WARNING: they differ in {shown}{more}: different settings pooled as one)"
 

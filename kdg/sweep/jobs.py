@@ -73,7 +73,9 @@ HOST = socket.gethostname()
 # Dataset fields a dataset other than the base's inherits from the base.
 _INHERITED_DATASET_FIELDS = ("root", "holdout_fraction", "augment")
 # Fields left out of a job's hash.
-_NOT_HASHED = (("output_dir",), ("backend",), ("dataset", "root"))
+# what does not change a job's numbers: where it runs and is written, and which
+# splits it evaluates (a sweep that turns eval_splits on or off keeps its runs)
+_NOT_HASHED = (("output_dir",), ("backend",), ("dataset", "root"), ("training", "eval_splits"))
 
 
 @dataclass(frozen=True)

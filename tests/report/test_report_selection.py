@@ -206,6 +206,9 @@ def test_pooled_runs_with_other_settings_are_named(tmp_path):
               hparams={"lr": 1e-3, "batch_size": 64})
     write_run(tmp_path / "b", "Toy2", ("ERM", (0,), 0, 0), [(0, .40, .5, .5, .90)],
               hparams={"lr": 3e-4, "batch_size": 64})
+    # c: a field only one run records (an older kdg wrote the other) is no difference
+    write_run(tmp_path / "c", "Toy2", ("ERM", (0,), 0, 0), [(0, .45, .5, .5, .70)],
+              hparams={"lr": 3e-4, "batch_size": 64, "new_field": 1})
     (note,) = [m for _, m in select(_runs(tmp_path), "training_domain").notes]
-    assert note.endswith("(WARNING: they differ in lr: 0.001 / 0.0003: different settings "
-                         "pooled as one)")
+    assert note.endswith("(WARNING: they differ in lr: 0.001 / 0.0003 / 0.0003: different "
+                         "settings pooled as one)")

@@ -39,7 +39,7 @@ def test_the_same_file_gives_the_same_jobs_and_directories(tmp_path, monkeypatch
         assert job.key == recipe_hash(job.recipe)
 
 
-def test_the_directory_ignores_location_and_backend_only(tmp_path):
+def test_the_directory_ignores_location_backend_and_splits_evaluated_only(tmp_path):
     path = write_sweep(tmp_path, n_hparams=2, n_trials=1)
     jax = expand_jobs(load_sweep(path, backend="jax"))
     torch = expand_jobs(load_sweep(path, backend="torch", output_dir=tmp_path / "elsewhere"))
@@ -55,6 +55,9 @@ def test_the_directory_ignores_location_and_backend_only(tmp_path):
     longer = expand_jobs(load_sweep(write_sweep(tmp_path, "b.yaml", n_hparams=2, n_trials=1,
                                                 overrides={"training.steps": 7})))
     assert not {j.key for j in longer} & {j.key for j in jax}
+    lean = expand_jobs(load_sweep(write_sweep(tmp_path, "c.yaml", n_hparams=2, n_trials=1,
+                                              overrides={"training.eval_splits": "selection"})))
+    assert [j.directory for j in lean] == [j.directory for j in jax]  # same runs, fewer splits
 
 
 def test_sample_zero_is_the_base_recipe_and_the_others_are_drawn_from_the_space(tmp_path):
