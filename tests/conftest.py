@@ -11,6 +11,14 @@ import kdg
 BACKEND = keras.backend.backend()
 
 
+def one_session(why: str):
+    """Skip outside the TensorFlow session: for what does not depend on the
+    backend (``why`` says why), so that the suite runs it once, not three
+    times. Keras' default backend, so it also runs with KERAS_BACKEND unset."""
+    return pytest.mark.skipif(BACKEND != "tensorflow", reason=f"{why}: checked once, "
+                              "in the TensorFlow session")
+
+
 def make_data(num_domains=3, batch=8, features=5, classes=4, seed=0, shift=True):
     """Per-domain minibatches whose domains differ (each its own mean), so
     that their gradients conflict."""

@@ -11,7 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import BACKEND
+from conftest import one_session
 from PIL import Image
 
 from kdg import data
@@ -19,9 +19,7 @@ from kdg.cli import main as kdg
 
 FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
          "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
-ONE_BACKEND = pytest.mark.skipif(
-    BACKEND != "tensorflow",
-    reason="NumPy construction, the same on every backend: checked once (the TensorFlow session)")
+ONE_BACKEND = one_session("NumPy construction, the same on every backend")
 
 
 def mnist_arrays(root):

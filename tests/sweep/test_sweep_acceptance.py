@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import one_session
 
 from kdg.report import load_runs, report, select
 from kdg.sweep import expand_jobs, load_sweep, run_sweep, status
@@ -143,6 +144,8 @@ def wait_for(predicate, timeout, interval=0.5):
 
 
 @pytest.mark.slow
+@one_session("the sweep's launching, killing, resuming and report (each backend's own "
+             "kill and resume: tests/test_cli.py)")
 def test_a_killed_sweep_resumes_to_a_report_that_matches_a_hand_computation(tmp_path):
     path = write_sweep(tmp_path, **SWEEP)
     sweep = load_sweep(path)

@@ -9,9 +9,12 @@ import re
 import subprocess
 import time
 
+from conftest import one_session
+
 from .helpers import env, run_sweep_cli, sweep_command, write_sweep
 
 
+@one_session("the sweep's pre-flight checks")
 def test_dry_run_names_the_jobs_that_cannot_run(tmp_path):
     # ColoredDigits has 3 domains: test domains [0, 1] leave one to train on
     path = write_sweep(tmp_path, algorithms=["erm", "corgrad", "ggal"],
@@ -51,6 +54,7 @@ def test_devices_on_a_backend_without_distribution_is_found_by_dry_run(tmp_path)
     assert not (tmp_path / "out").exists()
 
 
+@one_session("the sweep's job locks")
 def test_two_sweeps_sharing_the_jobs_both_exit_0(tmp_path):
     path = write_sweep(tmp_path, n_hparams=1, n_trials=2, test_domains=[0])
     start = lambda: subprocess.Popen(sweep_command(path), env=env(), text=True,  # noqa: E731
