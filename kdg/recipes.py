@@ -20,6 +20,7 @@ and, for typos, the closest match.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 import re
@@ -147,6 +148,24 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         except ValueError:
             pass
     return key.strip().split("."), parsed
+
+
+# What a run's identity leaves out: where it is written, and which splits it
+# evaluates (each record says which). A run folder resumes, and a sweep keeps
+# its job directories, whatever their values.
+NOT_IDENTITY = (("output_dir",), ("training", "eval_splits"))
+
+
+def without(config: dict, paths) -> dict:
+    """A deep copy of ``config`` without the dotted ``paths`` (tuples of keys)."""
+    config = copy.deepcopy(config)
+    for path in paths:
+        node = config
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return config
 
 
 def set_dotted(config: dict, keys: list[str], value: Any) -> None:

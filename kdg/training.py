@@ -206,11 +206,9 @@ def _check_folder(out: Path, recipe: recipes.Recipe) -> bool:
             raise RunError(f"{saved} (the recipe of the run in {out}) is not a valid recipe: "
                            f"{error}\nChoose another output_dir (--set output_dir=DIR), or "
                            f"delete {out} to start over.") from None
-        # where the folder is does not make another run (a moved folder), nor
-        # which splits are evaluated (each record says which, in its args)
-        previous["output_dir"] = recipe.to_dict()["output_dir"]
-        previous["training"]["eval_splits"] = recipe.training.eval_splits
-        changed = _differences(previous, recipe.to_dict())
+        # a moved folder, or other splits evaluated, is the same run
+        changed = _differences(recipes.without(previous, recipes.NOT_IDENTITY),
+                               recipes.without(recipe.to_dict(), recipes.NOT_IDENTITY))
         if changed:
             raise RunError(
                 f"{out} holds {'a finished' if finished else 'an unfinished'} run of a "

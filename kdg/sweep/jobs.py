@@ -72,10 +72,9 @@ HOST = socket.gethostname()
 
 # Dataset fields a dataset other than the base's inherits from the base.
 _INHERITED_DATASET_FIELDS = ("root", "holdout_fraction", "augment")
-# Fields left out of a job's hash.
-# what does not change a job's numbers: where it runs and is written, and which
-# splits it evaluates (a sweep that turns eval_splits on or off keeps its runs)
-_NOT_HASHED = (("output_dir",), ("backend",), ("dataset", "root"), ("training", "eval_splits"))
+# Fields left out of a job's hash: what a run's identity leaves out, and where
+# the job runs (a sweep's jobs may move between machines and backends).
+_NOT_HASHED = recipes.NOT_IDENTITY + (("backend",), ("dataset", "root"))
 
 
 @dataclass(frozen=True)
@@ -194,24 +193,13 @@ def _algorithm_sections(sweep: Sweep) -> list[dict]:
     return sections
 
 
-def _without(config: dict, paths) -> dict:
-    config = copy.deepcopy(config)
-    for path in paths:
-        node = config
-        for key in path[:-1]:
-            node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(path[-1], None)
-    return config
-
-
 def recipe_hash(recipe: dict) -> str:
     """8 hex digits identifying a resolved recipe (location and backend aside).
 
     Fields at their schema default are left out, so that a field a later kdg
     adds (with a default) does not rename every job of a sweep under way."""
     minimal = recipes.Recipe.model_validate(recipe).model_dump(mode="json", exclude_defaults=True)
-    text = json.dumps(_without(minimal, _NOT_HASHED), sort_keys=True, separators=(",", ":"))
+    text = json.dumps(recipes.without(minimal, _NOT_HASHED), sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 

@@ -4,6 +4,7 @@ The expected numbers are worked out by hand from report_sweeps.TOY2 / TOY3.
 Notation: a run is "alg envT trial/hparams"; val/test per checkpoint.
 """
 
+import json
 import math
 import warnings
 
@@ -189,8 +190,14 @@ def test_duplicate_runs_are_pooled_and_noted(tmp_path):
     # The same setting run twice (a rerun): DomainBed pools the records.
     # a: val .60 -> test .50;  b: val .90 -> test .40;  pooled best val .90 -> .40
     from report_sweeps import write_run
-    write_run(tmp_path / "a", "Toy2", ("ERM", (0,), 0, 0), [(0, .50, .5, .5, .60)])
-    write_run(tmp_path / "b", "Toy2", ("ERM", (0,), 0, 0), [(0, .40, .5, .5, .90)])
+    first = write_run(tmp_path / "a", "Toy2", ("ERM", (0,), 0, 0), [(0, .50, .5, .5, .60)])
+    rerun = write_run(tmp_path / "b", "Toy2", ("ERM", (0,), 0, 0), [(0, .40, .5, .5, .90)])
+    # elsewhere, on another backend, fewer splits evaluated: the same settings
+    for run, args in ((first, dict(backend="jax", eval_splits="all")),
+                      (rerun, dict(output_dir="elsewhere", backend="torch", eval_splits="selection"))):
+        record = json.loads((run / "results.jsonl").read_text())
+        record["args"].update(args)
+        (run / "results.jsonl").write_text(json.dumps(record) + "\n")
     sel = select(_runs(tmp_path), "training_domain")
     assert _accs(sel, "ERM", 0) == pytest.approx([.40])
     (note,) = [m for _, m in sel.notes]

@@ -8,13 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import BACKEND
+from conftest import one_session
 
 from kdg import recipes, sweep
 from kdg.sweep import jobs as jobs_lib
 
 # Expanding a sweep does not depend on the backend: one session checks it.
-pytestmark = pytest.mark.skipif(BACKEND != "jax", reason="backend-independent; run under jax")
+pytestmark = one_session("expanding a sweep")
 
 SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
 SWEEPS = sorted(SWEEPS_DIR.glob("*.yaml"))
