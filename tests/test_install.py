@@ -76,10 +76,20 @@ def test_the_cpu_line_is_the_test_sessions_and_pins_a_cpu_torch():
 
 
 def test_default_sessions_run_the_quickstart_and_every_backend():
-    assert noxfile.nox.options.sessions == ["quickstart", "tests-jax", "tests-tensorflow",
-                                            "tests-torch", "tests-notf"]
+    assert noxfile.nox.options.sessions == ["quickstart", "tests", "tests-notf"]
+    assert noxfile.split_backends([]) == (("jax", "tensorflow", "torch"), [])
     ci = (REPO / ".ci" / "run").read_text()
     assert re.search(r"^python3 -m nox\s*$", ci, re.M)  # the default sessions, no -s
+
+
+@pytest.mark.parametrize("posargs, backends, rest", [
+    (["torch"], ("torch",), []),
+    (["jax", "torch", "-k", "fish"], ("jax", "torch"), ["-k", "fish"]),
+    (["-k", "torch"], ("jax", "tensorflow", "torch"), ["-k", "torch"]),  # only leading ones
+    (["tests/test_cli.py", "jax"], ("jax", "tensorflow", "torch"), ["tests/test_cli.py", "jax"]),
+])
+def test_the_tests_session_takes_backends_before_pytest_arguments(posargs, backends, rest):
+    assert noxfile.split_backends(posargs) == (backends, rest)
 
 
 def test_the_quickstart_session_tells_cuda_wheels():
