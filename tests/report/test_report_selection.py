@@ -219,3 +219,17 @@ def test_pooled_runs_with_other_settings_are_named(tmp_path):
     (note,) = [m for _, m in select(_runs(tmp_path), "training_domain").notes]
     assert note.endswith("(WARNING: they differ in lr: 0.001 / 0.0003 / 0.0003: different "
                          "settings pooled as one)")
+
+
+@pytest.mark.parametrize("n, more", [(5, ""), (7, " and 2 more")])
+def test_pooled_runs_name_five_differences_and_count_the_rest(tmp_path, n, more):
+    from report_sweeps import write_run
+    keys = [f"h{i}" for i in range(n)]
+    write_run(tmp_path / "a", "Toy2", ("ERM", (0,), 0, 0), [(0, .50, .5, .5, .60)],
+              hparams=dict.fromkeys(keys, 1))
+    write_run(tmp_path / "b", "Toy2", ("ERM", (0,), 0, 0), [(0, .40, .5, .5, .90)],
+              hparams=dict.fromkeys(keys, 2))
+    (note,) = [m for _, m in select(_runs(tmp_path), "training_domain").notes]
+    shown = "; ".join(f"{k}: 1 / 2" for k in keys[:5])
+    assert note.endswith(f"(WARNING: they differ in {shown}{more}: different settings "
+                         "pooled as one)")
