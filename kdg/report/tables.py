@@ -311,6 +311,12 @@ def published_comparison(averages: Table, published: Sequence[PublishedTable]) -
     return table
 
 
+def gga_wrapped(algorithm: str) -> str:
+    """The normalized name of GGA wrapping ``algorithm`` (normalized): ``ggax``,
+    but plain ``gga`` for ERM, as kdg names it."""
+    return "gga" if algorithm == "erm" else "gga" + algorithm
+
+
 def gga_combined_comparison(averages: Table, table: CombinedTable = GGA_COMBINED) -> Table | None:
     """kdg's numbers for each algorithm X of GGA's combination table, alone
     and wrapped by GGA (rows ``x`` and ``gga+x`` of the averages table), and
@@ -332,7 +338,7 @@ def gga_combined_comparison(averages: Table, table: CombinedTable = GGA_COMBINED
     missing = []
     for title in table.algorithms:
         key = normalize(title)
-        alone, wrapped = rows.get(key), rows.get("gga" + key)
+        alone, wrapped = rows.get(key), rows.get(gga_wrapped(key))
         if (alone is None and wrapped is None) or not set(datasets) & set(table.datasets):
             continue
 
@@ -396,7 +402,7 @@ def gga_changes(tables: Sequence[Table], published: bool = True,
         rows = {normalize(row.keys[0]): row for row in tab.rows}
         domains = tab.columns[:-1]
         for key, alone in rows.items():
-            wrapped = rows.get("gga" if key == "erm" else "gga" + key)
+            wrapped = rows.get(gga_wrapped(key))
             if key == "gga" or wrapped is None or (published_dataset and key in in_combined):
                 continue
             both = [i for i in range(len(domains))
