@@ -1,0 +1,97 @@
+"""benchmarks/REPRODUCTION.md's numbers are its committed runs' numbers.
+
+The records of every finished reproduction run are kept in
+``benchmarks/reproduction/records`` (each run folder's recipe.yaml,
+results.jsonl and done). The table under "## The runs' records" must list
+exactly those runs, with the test-domain accuracy that each selection picks,
+computed here from the records as DomainBed's rules say (not by kdg.report),
+and ``kdg report`` on that folder (what the page tells readers to run) must
+agree. The records must also be the reduced protocol the page describes.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdg.report.loading import load_runs
+from kdg.report.selection import select
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGE = ROOT / "benchmarks" / "REPRODUCTION.md"
+RUNS = ROOT / "benchmarks" / "reproduction" / "records"
+HEADING = "## The runs' records"
+
+
+def documented() -> dict[str, tuple]:
+    """run folder -> (algorithm, dataset, test env, training-domain, oracle), from the page."""
+    text = PAGE.read_text(encoding="utf-8")
+    section = text[text.index(HEADING):]
+    section = section[:section.find("\n## ", 1)] if "\n## " in section[1:] else section
+    rows = {}
+    for line in section.splitlines():
+        match = re.match(r"\|\s*`([^`]+)`\s*\|", line)
+        if match:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            rows[match.group(1)] = (cells[1], cells[2], cells[3], float(cells[4]), float(cells[5]))
+    return rows
+
+
+def folders() -> list[Path]:
+    return sorted(p for p in RUNS.iterdir() if p.is_dir())
+
+
+def records(folder: Path) -> list[dict]:
+    lines = (folder / "results.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def by_the_rules(recs: list[dict]) -> tuple[str, str, str, float, float]:
+    """DomainBed's two selections of one run, from its records: training-domain
+    validation takes the first record with the highest mean accuracy on the
+    training domains' out splits, oracle the last record; both report the
+    test domain's in split."""
+    args = recs[0]["args"]
+    (test,) = args["test_envs"]
+    train = [i for i in range(len(args["domains"])) if i != test]
+    val = [sum(r[f"env{i}_out_acc"] for i in train) / len(train) for r in recs]
+    best = recs[val.index(max(val))]
+    pct = lambda r: round(100 * r[f"env{test}_in_acc"], 1)
+    return (args["algorithm"], args["dataset"], args["domains"][test], pct(best), pct(recs[-1]))
+
+
+def test_the_page_lists_every_committed_run_with_its_numbers():
+    runs = folders()
+    assert runs, f"no run folder in {RUNS}"
+    computed = {p.name: by_the_rules(records(p)) for p in runs}
+    assert documented() == computed
+
+
+@pytest.mark.parametrize("method, column", [("training_domain", 3), ("oracle", 4)])
+def test_kdg_report_on_the_folder_gives_the_same_numbers(method, column):
+    runs = load_runs([RUNS])
+    assert sorted(r.path.name for r in runs) == [p.name for p in folders()]
+    selection = select(runs, method)
+    for run in runs:
+        (choice,) = selection.group(run.dataset, run.algorithm, run.test_envs[0]).trials
+        assert round(100 * choice.test_acc, 1) == documented()[run.path.name][column]
+
+
+@pytest.mark.parametrize("folder", folders(), ids=lambda p: p.name)
+def test_each_run_is_the_reduced_protocol_the_page_describes(folder):
+    recipe = yaml.safe_load((folder / "recipe.yaml").read_text(encoding="utf-8"))
+    recs = records(folder)
+    assert (folder / "done").exists()
+    assert recipe["backend"] == "tensorflow"
+    assert recipe["dataset"]["root"] is not None
+    training = recipe["training"]
+    assert (training["steps"], training["eval_every"]) == (5000, 500)
+    assert (training["hparams_seed"], training["trial_seed"], training["seed"]) == (0, 0, 0)
+    assert [r["step"] for r in recs] == list(range(500, 5001, 500))
+    # DomainBed's default hyperparameters for its MNIST datasets
+    assert (training["lr"], training["batch_size"], training["weight_decay"]) == (1e-3, 64, 0.0)
+    assert (training["optimizer"], training["adam_convention"]) == ("adam", "torch")
+    assert recipe["model"]["backbone"] == "mnist_cnn"
+    assert recipe["algorithm"] == {"name": recs[0]["args"]["algorithm"]}  # its defaults
