@@ -134,18 +134,18 @@ def build_model(recipe: recipes.Recipe, dataset, num_domains: int | None = None)
     return model
 
 
-def hparams(recipe: recipes.Recipe) -> dict:
-    """The hyperparameters a report groups runs by."""
-    out = {
+def hparams(recipe: recipes.Recipe, algorithm) -> dict:
+    """The hyperparameters a run's records carry: the training ones and every
+    one of the algorithm's, its defaults included (as DomainBed's records
+    hold every hyperparameter; GGA's base as ``{"name", "config"}``), so
+    that a record says what was run whatever a later kdg's defaults are."""
+    return {
         "lr": recipe.training.lr,
         "batch_size": recipe.training.batch_size,
         "weight_decay": recipe.training.weight_decay,
         "dropout": recipe.model.dropout,
+        **algorithm.get_config(),
     }
-    for key, value in recipe.algorithm.model_dump().items():
-        if key != "name":
-            out[key] = value
-    return out
 
 
 def evaluate(model, dataset, batch_size: int, skip_in=()) -> dict:
@@ -345,7 +345,7 @@ def _run_locked(recipe, dataset, model, test_envs, out: Path, say, console) -> d
         "backend": recipe.backend,
         "eval_splits": training.eval_splits,
     }
-    params = hparams(recipe)
+    params = hparams(recipe, model.algorithm)
     checkpoint_every = training.checkpoint_every or training.eval_every
     # the in split of a training domain is read by no selection method nor table
     skip_in = train_envs if training.eval_splits == "selection" else ()

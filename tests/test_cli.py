@@ -1,5 +1,6 @@
 """`kdg` end to end, in real subprocesses, on the session's backend."""
 
+import inspect
 import json
 import os
 import signal
@@ -11,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import BACKEND
+
+from kdg.algorithms import GGA, Fish
 
 RECIPE = """
 dataset: {name: RotatedDigits, test_domains: [3, 4, 5]}
@@ -59,7 +62,13 @@ def test_train_writes_a_complete_run_and_eval_reads_it(tmp_path):
         assert key in last
     assert last["args"]["test_envs"] == [3, 4, 5] and last["args"]["algorithm"] == "gga"
     assert last["mem_device"] == "host"  # kdg.memory: no accelerator on this machine
-    assert last["hparams"]["lr"] == 0.001
+    # every hyperparameter, the algorithm's defaults included (the signature's)
+    defaults = lambda cls: {k: p.default for k, p in inspect.signature(cls).parameters.items()}
+    assert last["hparams"] == {
+        "lr": 0.001, "batch_size": 8, "weight_decay": 0.0, "dropout": 0.0,
+        **defaults(GGA), "start_step": 2, "end_step": 4, "trials": 3, "rho": 0.001,
+        "base": {"name": "fish", "config": defaults(Fish)},
+    }
     again = kdg("train", str(path))
     assert again.returncode == 0 and "nothing to do" in again.stdout
     evaluated = kdg("eval", str(run), "--dataset", "RotatedDigits", "--domain", "75", "--split", "in")
