@@ -9,13 +9,13 @@ and ``kdg report`` on that folder (what the page tells readers to run) must
 agree. The records must also be the reduced protocol the page describes.
 """
 
-import json
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from kdg import run_folder
 from kdg.report.loading import load_runs
 from kdg.report.selection import select
 
@@ -27,9 +27,7 @@ HEADING = "## The runs' records"
 
 def documented() -> dict[str, tuple]:
     """run folder -> (algorithm, dataset, test env, training-domain, oracle), from the page."""
-    text = PAGE.read_text(encoding="utf-8")
-    section = text[text.index(HEADING):]
-    section = section[:section.find("\n## ", 1)] if "\n## " in section[1:] else section
+    section = PAGE.read_text(encoding="utf-8").split(HEADING, 1)[1].split("\n## ", 1)[0]
     rows = {}
     for line in section.splitlines():
         match = re.match(r"\|\s*`([^`]+)`\s*\|", line)
@@ -44,8 +42,9 @@ def folders() -> list[Path]:
 
 
 def records(folder: Path) -> list[dict]:
-    lines = (folder / "results.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    read = run_folder.read_results(folder)
+    assert not read.bad_lines, read.bad_lines
+    return read.records
 
 
 def by_the_rules(recs: list[dict]) -> tuple[str, str, str, float, float]:
@@ -73,17 +72,17 @@ def test_the_page_lists_every_committed_run_with_its_numbers():
 def test_kdg_report_on_the_folder_gives_the_same_numbers(method, column):
     runs = load_runs([RUNS])
     assert sorted(r.path.name for r in runs) == [p.name for p in folders()]
-    selection = select(runs, method)
+    selection, rows = select(runs, method), documented()
     for run in runs:
         (choice,) = selection.group(run.dataset, run.algorithm, run.test_envs[0]).trials
-        assert round(100 * choice.test_acc, 1) == documented()[run.path.name][column]
+        assert round(100 * choice.test_acc, 1) == rows[run.path.name][column]
 
 
 @pytest.mark.parametrize("folder", folders(), ids=lambda p: p.name)
 def test_each_run_is_the_reduced_protocol_the_page_describes(folder):
-    recipe = yaml.safe_load((folder / "recipe.yaml").read_text(encoding="utf-8"))
+    recipe = yaml.safe_load((folder / run_folder.RECIPE).read_text(encoding="utf-8"))
     recs = records(folder)
-    assert (folder / "done").exists()
+    assert run_folder.is_done(folder)
     assert recipe["backend"] == "tensorflow"
     assert recipe["dataset"]["root"] is not None
     training = recipe["training"]
