@@ -6,7 +6,8 @@ results.jsonl and done). The table under "## The runs' records" must list
 exactly those runs, with the test-domain accuracy that each selection picks,
 computed here from the records as DomainBed's rules say (not by kdg.report),
 and ``kdg report`` on that folder (what the page tells readers to run) must
-agree. The records must also be the reduced protocol the page describes.
+agree. The records must also be the reduced protocol the page describes, and
+the README's ColoredMNIST summary must give the records' numbers.
 """
 
 import re
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 from kdg import run_folder
+from kdg.algorithms import lookup
 from kdg.report.loading import load_runs
 from kdg.report.selection import select
 
@@ -94,3 +96,37 @@ def test_each_run_is_the_reduced_protocol_the_page_describes(folder):
     assert (training["optimizer"], training["adam_convention"]) == ("adam", "torch")
     assert recipe["model"]["backbone"] == "mnist_cnn"
     assert recipe["algorithm"] == {"name": recs[0]["args"]["algorithm"]}  # its defaults
+
+
+def readme_rows() -> dict[str, list[float]]:
+    """README's ColoredMNIST summary: row label -> [+90%, +80%, -90%, Avg]."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = text.split("| ColoredMNIST | +90% | +80% | -90% | Avg |", 1)[1].split("\n\n", 1)[0]
+    rows = {}
+    for line in table.strip().splitlines()[1:]:
+        label, *cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows[label] = cells
+    return rows
+
+
+def test_the_readme_summary_gives_the_records_numbers():
+    """Each algorithm with records on all three ColoredMNIST environments has
+    its two rows in the README's summary, each environment's number as the
+    records give it and their mean (of the rounded numbers, as printed)."""
+    envs = ["+90%", "+80%", "-90%"]
+    by_algorithm: dict[str, dict[str, tuple]] = {}
+    for folder in folders():
+        algorithm, dataset, env, train, oracle = by_the_rules(records(folder))
+        if dataset == "ColoredMNIST":
+            by_algorithm.setdefault(algorithm, {})[env] = (train, oracle)
+    complete = {a: e for a, e in by_algorithm.items() if sorted(e) == sorted(envs)}
+    assert complete, "no algorithm has records on all three ColoredMNIST environments"
+    rows = readme_rows()
+    for algorithm, numbers in complete.items():
+        title = lookup(algorithm).title
+        for column, selection in enumerate(["training-domain validation", "oracle"]):
+            label = f"kdg {title}, {selection}"
+            assert label in rows, f"README's ColoredMNIST table has no row {label!r}"
+            expected = [numbers[e][column] for e in envs]
+            expected.append(round(sum(expected) / 3, 1))
+            assert [float(c) for c in rows[label]] == expected, label
