@@ -193,6 +193,30 @@ def test_corgrad_projects_conflicts_and_smooths_an_outlier():
     assert made == 1 and considered == 6
 
 
+@pytest.mark.parametrize("projection", ["sequential", "pcgrad"])
+def test_corgrad_with_two_domains_the_sequential_order_weights_the_second(projection):
+    """docs/ALGORITHMS.md, "With two training domains": sequentially, domain
+    0 is projected off domain 1 and domain 1, then orthogonal to it, is kept
+    whole, so the update is g0 + (1 + |g0.g1| / |g1|^2) g1 and half the
+    (domain, chunk) pairs are projected; "pcgrad" projects both. Smoothing is
+    on (the default) and never fires with two domains. One chunk: the whole
+    model (granularity="model"); the closed forms are written here."""
+    x, y = make_data(num_domains=2, features=5, classes=4, seed=1)
+    params = init_params(features=5, classes=4)
+    g0, g1 = (ref.flat(g) for _, g in ref.domain_grads(params, x, y))
+    dot = g0 @ g1
+    assert dot < -0.05 * np.linalg.norm(g0) * np.linalg.norm(g1)  # they conflict (cos -0.1)
+    if projection == "sequential":
+        update, frequency = g0 + (1 - dot / (g1 @ g1)) * g1, 0.5
+    else:
+        update, frequency = (g0 - dot / (g1 @ g1) * g1) + (g1 - dot / (g0 @ g0) * g0), 1.0
+    model = softmax_regression(CorGrad(granularity="model", projection=projection), params,
+                               keras.optimizers.SGD(0.1))
+    logs = train(model, x, y, 1)
+    np.testing.assert_allclose(ref.flat(weights(model)), ref.flat(params) - 0.1 * update, **TOL)
+    assert logs["modification_frequency"] == pytest.approx(frequency)
+
+
 # Several variables of the same layout, interleaved with others: the surgery
 # processes equal layouts as one stacked tensor and must give every variable
 # its own chunks, norms and update. (name, shape): kernels of 160-360
