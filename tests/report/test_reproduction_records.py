@@ -63,11 +63,14 @@ def by_the_rules(recs: list[dict]) -> tuple[str, str, str, float, float]:
     return (args["algorithm"], args["dataset"], args["domains"][test], pct(best), pct(recs[-1]))
 
 
+def computed() -> dict[str, tuple]:
+    """run folder -> by_the_rules(its records), for every committed run."""
+    return {p.name: by_the_rules(records(p)) for p in folders()}
+
+
 def test_the_page_lists_every_committed_run_with_its_numbers():
-    runs = folders()
-    assert runs, f"no run folder in {RUNS}"
-    computed = {p.name: by_the_rules(records(p)) for p in runs}
-    assert documented() == computed
+    assert folders(), f"no run folder in {RUNS}"
+    assert documented() == computed()
 
 
 @pytest.mark.parametrize("method, column", [("training_domain", 3), ("oracle", 4)])
@@ -115,8 +118,7 @@ def test_the_readme_summary_gives_the_records_numbers():
     records give it and their mean (of the rounded numbers, as printed)."""
     envs = ["+90%", "+80%", "-90%"]
     by_algorithm: dict[str, dict[str, tuple]] = {}
-    for folder in folders():
-        algorithm, dataset, env, train, oracle = by_the_rules(records(folder))
+    for algorithm, dataset, env, train, oracle in computed().values():
         if dataset == "ColoredMNIST":
             by_algorithm.setdefault(algorithm, {})[env] = (train, oracle)
     complete = {a: e for a, e in by_algorithm.items() if sorted(e) == sorted(envs)}
